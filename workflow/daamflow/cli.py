@@ -11,10 +11,22 @@ import importlib
 import logging
 import sys
 
-# name -> (module, one-line help)
+# name -> ("module" or "module:object" exposing add_arguments(parser) and main(args), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("daamflow.datacmds:PREPARE", "prepare a dataset: manifest.csv, meta.json and the raw inputs"),
+    "encoder": ("daamflow.datacmds:ENCODER", "make a from_pretrained-loadable encoder folder (package, tiny or hub)"),
+    "embed": ("daamflow.datacmds:EMBED", "encode a prepared dataset into the feature store (per-layer pooled X)"),
+    "train": ("daamflow.train", "train one head on all folds/seeds of one (dataset, encoder, protocol, method)"),
+    "report": ("daamflow.report", "tables (csv, md, tex), figures and summary.md from the run tables"),
     "params": ("daamflow.paramtable", "print the paper's parameter table (Table 1) computed from the model registry"),
+    "config": ("daamflow.configcmd", "validate a config and print the resolved settings of one stage"),
 }
+
+
+def _load(target: str):
+    module, _, attr = target.partition(":")
+    obj = importlib.import_module(module)
+    return getattr(obj, attr) if attr else obj
 
 
 def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -29,7 +41,7 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == wanted:  # only the chosen stage's module is imported
-            importlib.import_module(module).add_arguments(p)
+            _load(module).add_arguments(p)
     return parser
 
 
@@ -44,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(COMMANDS[args.command][0])
-    return int(module.main(args) or 0)
+    return int(_load(COMMANDS[args.command][0]).main(args) or 0)
 
 
 if __name__ == "__main__":

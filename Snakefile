@@ -1,0 +1,32 @@
+"""daamflow: regenerate the results of 'Density Adaptive Attention is All You Need' (arXiv 2401.11143).
+
+    snakemake --cores 2                       # the embedded default (config/config.yaml), CPU, minutes
+    snakemake --configfile config/paper.yaml  # the paper's grid (GPUs, real data)
+    snakemake results/tables/<name>.md        # one table and what it needs
+"""
+from daamflow.config import validate_config
+
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "config/config.yaml"
+
+
+# Fails before any job runs, naming every bad key; the same schema as config/schema.yaml, defaults filled in.
+validate_config(config)
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/embed.smk"
+include: "rules/train.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    """Every table and figure of the configured grid."""
+    input:
+        all_targets(),
+    default_target: True

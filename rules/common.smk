@@ -1,0 +1,26 @@
+# Path templates and target lists only; the logic lives in the package (daamflow.targets, daamflow.config).
+import json
+
+from daamflow import targets
+from daamflow.config import settings_json, train_settings
+
+R = config["results_dir"]
+DATASETS = list(config["datasets"])
+ENCODERS = list(config["encoders"])
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    encoder="|".join(ENCODERS),
+    protocol="paper|clean",
+    method="[a-z0-9_]+",
+
+
+def all_targets():
+    return targets.all_targets(config)
+
+
+def features(wildcards):
+    """The feature store of a dataset, made by its configured encoder."""
+    store = targets.path(targets.FEATURES, config, dataset=wildcards.dataset, encoder=config["datasets"][wildcards.dataset]["encoder"])
+    return {name.split(".")[0]: f"{store}/{name}" for name in targets.FEATURE_FILES}

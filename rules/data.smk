@@ -1,0 +1,40 @@
+rule prepare:
+    """Prepare a dataset: manifest.csv (id, label, group, split, input), meta.json and the raw inputs."""
+    output:
+        manifest=f"{R}/data/{{dataset}}/manifest.csv",
+        meta=f"{R}/data/{{dataset}}/meta.json",
+    params:
+        out=lambda w, output: os.path.dirname(output.manifest),
+        source=lambda w: config["datasets"][w.dataset]["source"],
+        options=lambda w: json.dumps(config["datasets"][w.dataset]["options"], sort_keys=True),
+        seed=config["seed"],
+    log:
+        f"{R}/logs/prepare/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/prepare/{{dataset}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "daamflow prepare --source {params.source} --out {params.out} --seed {params.seed}"
+        " --options {params.options:q} > {log} 2>&1"
+
+
+rule encoder:
+    """Make a from_pretrained-loadable encoder folder (an installed package's files, a tiny model, or a hub download)."""
+    output:
+        spec=f"{R}/encoders/{{encoder}}/encoder.json",
+    params:
+        out=lambda w, output: os.path.dirname(output.spec),
+        spec=lambda w: json.dumps(config["encoders"][w.encoder], sort_keys=True),
+    log:
+        f"{R}/logs/encoder/{{encoder}}.log",
+    benchmark:
+        f"{R}/benchmarks/encoder/{{encoder}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "daamflow encoder --spec {params.spec:q} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,21 @@
+rule train:
+    """Train one head on every fold/seed of one (dataset, encoder, protocol, method); writes the run contract."""
+    input:
+        unpack(features),
+    output:
+        runs=f"{R}/runs/{{dataset}}/{{encoder}}/{{protocol}}/{{method}}/runs.csv",
+    params:
+        store=lambda w, input: os.path.dirname(input.features),
+        out=lambda w, output: os.path.dirname(output.runs),
+        settings=lambda w: settings_json(train_settings(config, w.dataset, w.method, w.protocol)),
+    log:
+        f"{R}/logs/train/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/train/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    shell:
+        "daamflow train --features {params.store} --out {params.out} --settings {params.settings:q}"
+        " --threads {threads} --no-progress > {log} 2>&1"

@@ -1,0 +1,5 @@
+import sys
+
+from daamflow.cli import main
+
+sys.exit(main())
