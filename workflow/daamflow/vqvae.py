@@ -298,22 +298,24 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
 def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
     g = torch.exp(-(torch.arange(size, dtype=torch.float64) - (size - 1) / 2).square() / (2 * sigma ** 2))
     g = g / g.sum()
-    return (g[:, None] * g[None, :]).float()
+    return g[:, None] * g[None, :]
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 11, sigma: float = 1.5
          ) -> torch.Tensor:
     """Per-image SSIM (Wang et al. 2004) of (B, C, H, W) tensors: Gaussian window, valid positions, channel mean.
 
-    Images smaller than the window use the largest odd window that fits.
+    Images smaller than the window use the largest odd window that fits. Computed in float64: the variances are
+    differences of moments (E[x²] − E[x]²), which lose ~1e-4 of SSIM to cancellation in float32.
     """
     if x.shape != y.shape or x.dim() != 4:
         raise ValueError(f"ssim expects two (B, C, H, W) tensors of the same shape, got {tuple(x.shape)}, {tuple(y.shape)}")
     size = min(window, x.shape[-1], x.shape[-2])
     size -= 1 - size % 2
     c = x.shape[1]
-    kernel = _gaussian_window(size, sigma).to(x)[None, None].expand(c, 1, size, size)
-    x, y = x.to(kernel.dtype), y.to(kernel.dtype)
+    kernel = _gaussian_window(size, sigma).to(x.device)[None, None].expand(c, 1, size, size)
+    dtype = x.dtype
+    x, y = x.to(torch.float64), y.to(torch.float64)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
         return F.conv2d(t, kernel, groups=c)
@@ -324,7 +326,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int 
     cov = blur(x * y) - mu_x * mu_y
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2))
-    return s.flatten(1).mean(1)
+    return s.flatten(1).mean(1).to(dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,77 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from daamflow.config import ConfigError, load_config, train_settings, training_hyper, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def default_config():
+    return yaml.safe_load((ROOT / "config/config.yaml").read_text())
+
+
+def test_default_config_is_valid_and_defaults_are_filled(default_config):
+    config = validate_config(default_config)
+    assert config["protocols"] == ["paper", "clean"]
+    assert config["embed"]["layers"] == "blocks"
+    assert config["datasets"]["prosody"]["modality"] == "audio"
+    assert config["datasets"]["wordnet"]["evaluation"]["folds"] == 5
+
+
+def test_schema_file_in_config_dir_is_the_package_schema():
+    assert (ROOT / "config/schema.yaml").resolve() == (ROOT / "workflow/daamflow/schema.yaml").resolve()
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda c: c.update(unknown_key=1), "unknown_key"),
+        (lambda c: c["datasets"]["wordnet"].update(folds=3), "datasets.wordnet"),
+        (lambda c: c["datasets"]["wordnet"]["evaluation"].update(folds=1), "datasets.wordnet.evaluation.folds"),
+        (lambda c: c.update(methods=["daam_v1", "transformer"]), "methods.1"),
+        (lambda c: c.update(protocols=["paper", "dirty"]), "protocols.1"),
+        (lambda c: c["datasets"]["fashion"].update(encoder="nope"), "datasets.fashion.encoder"),
+        (lambda c: c["training"]["defaults"].update(lr=-1), "training.defaults.lr"),
+        (lambda c: c["encoders"].update(x={"kind": "hub"}), "encoders.x.id"),
+    ],
+)
+def test_bad_config_names_the_key(default_config, mutate, expected):
+    mutate(default_config)
+    with pytest.raises(ConfigError) as err:
+        validate_config(default_config)
+    assert expected in str(err.value)
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_hyper_parameter_precedence(default_config):
+    config = validate_config(copy.deepcopy(default_config))
+    speech = training_hyper(config, "prosody")
+    text = training_hyper(config, "wordnet")
+    # paper defaults per modality (dossier §5) ...
+    assert speech["batch_size"] == 8 and speech["loss"] == "focal" and speech["lr"] == 1e-4
+    assert text["batch_size"] == 32 and text["loss"] == "cross_entropy" and text["lr"] == 5e-5
+    # ... overridden by the config's defaults, then by the dataset
+    assert speech["epochs"] == default_config["training"]["defaults"]["epochs"]
+    config["datasets"]["prosody"]["training"] = {"lr": 3e-3}
+    assert training_hyper(config, "prosody")["lr"] == 3e-3
+
+
+def test_train_settings_are_json_and_method_options_merge(default_config):
+    default_config["method_options"] = {"daam_v1": {"num_heads": 2}}
+    config = validate_config(default_config)
+    s = train_settings(config, "wordnet", "daam_v1", "clean")
+    assert s["model_options"] == {"conv_channels": 32, "num_heads": 2}
+    assert train_settings(config, "wordnet", "mha", "clean")["model_options"] == {"conv_channels": 32}
+    assert s["protocol"] == "clean" and s["encoder"] == "minilm"
