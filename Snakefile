@@ -11,7 +11,12 @@ from snakemake.utils import min_version
 min_version("8.0")
 
 
-configfile: "config/config.yaml"
+# A --configfile replaces the embedded default instead of being merged into it (Snakemake merges nested keys,
+# which would mix the demo datasets into the paper's grid).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
 
 
 # Fails before any job runs, naming every bad key; the same schema as config/schema.yaml, defaults filled in.
