@@ -24,3 +24,10 @@ def features(wildcards):
     """The feature store of a dataset, made by its configured encoder."""
     store = targets.path(targets.FEATURES, config, dataset=wildcards.dataset, encoder=config["datasets"][wildcards.dataset]["encoder"])
     return {name.split(".")[0]: f"{store}/{name}" for name in targets.FEATURE_FILES}
+
+
+def launcher_json():
+    """The launcher settings, with submitit's log folder under the results by default."""
+    launcher = dict(config["launcher"])
+    launcher["log_dir"] = launcher["log_dir"] or f"{R}/logs/submitit"
+    return json.dumps(launcher, sort_keys=True)

@@ -8,6 +8,7 @@ rule train:
         store=lambda w, input: os.path.dirname(input.features),
         out=lambda w, output: os.path.dirname(output.runs),
         settings=lambda w: settings_json(train_settings(config, w.dataset, w.method, w.protocol)),
+        launcher=launcher_json(),
     log:
         f"{R}/logs/train/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}.log",
     benchmark:
@@ -18,4 +19,4 @@ rule train:
         runtime=60,
     shell:
         "daamflow train --features {params.store} --out {params.out} --settings {params.settings:q}"
-        " --threads {threads} --no-progress > {log} 2>&1"
+        " --threads {threads} --launcher {params.launcher:q} > {log} 2>&1"

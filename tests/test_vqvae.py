@@ -193,7 +193,7 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="unknown VQ-VAE hyper-parameter"):
         VQVAEConfig.from_dict({"hiden_dims": [8]})
     with pytest.raises(ValueError, match="norm_groups"):
-        VQVAEConfig.from_dict({"hidden_dims": [6]}, MICRO).validate()
+        VQVAEConfig.from_dict({"hidden_dims": [5]}, MICRO).validate()
     with pytest.raises(ValueError, match="image_size"):
         VQVAEConfig.from_dict({"image_size": 18}, MICRO).validate()
 

@@ -242,22 +242,43 @@ def finished(fold_dir: Path, digest: str) -> dict | None:
     return metrics if metrics.get("settings_hash") == digest else None
 
 
+def splits_of(store, settings: dict) -> list[Split]:
+    return make_splits(
+        store.labels, store.groups, store.splits, settings["evaluation"], settings["protocol"], settings["seed"],
+        settings["hyper"]["dev_fraction"],
+    )
+
+
+def run_fold(store_dir: Path, settings: dict, out_dir: Path, fold: str, device: str = "auto", threads: int = 1) -> dict:
+    """Run (or resume, or reuse) one fold/seed; a top-level function so that launchers can ship it to a worker."""
+    torch.set_num_threads(threads)
+    store = load_store(store_dir, verify=False)  # verified once by train_all before any fold is launched
+    split = {s.name: s for s in splits_of(store, settings)}[fold]
+    fold_dir = Path(out_dir) / fold
+    metrics = finished(fold_dir, settings_hash(settings))
+    if metrics is not None:
+        log.info("%s: finished earlier with the same settings; reused", fold)
+        return metrics
+    ids = store.index["id"].astype(str).to_numpy()
+    num_classes = len(store.manifest.get("classes") or []) or int(store.labels.max()) + 1
+    return run_split(store.features, store.labels, ids, num_classes, split, settings, fold_dir, device, progress=False)
+
+
 def train_all(
     store_dir: Path,
     settings: dict,
     out_dir: Path,
     device: str = "auto",
     only: list[str] | None = None,
-    progress: bool = True,
+    threads: int = 1,
+    launcher: dict | None = None,
 ) -> pd.DataFrame:
-    """Run every fold/seed (or those in ``only``) and write ``out_dir/runs.csv``; finished folds are reused."""
+    """Run every fold/seed (or those in ``only``) and write ``out_dir/runs.csv``; finished folds are reused.
+
+    ``launcher`` (see daamflow.launch) sends the unfinished folds out as one job array; by default they run here.
+    """
     store = load_store(store_dir)
-    labels = store.labels
-    num_classes = int(labels.max()) + 1
-    splits = make_splits(
-        labels, store.groups, store.splits, settings["evaluation"], settings["protocol"], settings["seed"],
-        settings["hyper"]["dev_fraction"],
-    )
+    splits = splits_of(store, settings)
     if only:
         unknown = sorted(set(only) - {s.name for s in splits})
         if unknown:
@@ -266,15 +287,20 @@ def train_all(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "settings.json", settings)
     digest = settings_hash(settings)
-    ids = store.index["id"].astype(str).to_numpy()
+    todo = [s.name for s in splits if finished(out_dir / s.name, digest) is None]
+    calls = [dict(store_dir=store_dir, settings=settings, out_dir=out_dir, fold=f, device=device, threads=threads) for f in todo]
+    if calls and launcher and launcher.get("kind", "inline") != "inline":
+        from .launch import run_calls
+
+        run_calls(run_fold, calls, launcher, out_dir)
+    else:
+        for kwargs in tqdm(calls, desc=f"{settings['method']} folds", disable=len(calls) < 2, leave=False):
+            run_fold(**kwargs)
     rows = []
     for split in splits:
-        fold_dir = out_dir / split.name
-        metrics = finished(fold_dir, digest)
-        if metrics is None:
-            metrics = run_split(store.features, labels, ids, num_classes, split, settings, fold_dir, device, progress=progress)
-        else:
-            log.info("%s: finished earlier with the same settings; reused", split.name)
+        metrics = finished(out_dir / split.name, digest)
+        if metrics is None:  # a launcher that returned without the fold's metrics.json is a failure, never a success
+            raise RuntimeError(f"{split.name}: no finished metrics.json in {out_dir / split.name} after training")
         rows.append(run_row(settings, split.name, metrics, store.manifest))
     frame = pd.DataFrame(rows)
     write_csv(out_dir / "runs.csv", frame)
@@ -311,14 +337,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--folds", default=None, help="comma-separated subset of folds/runs, e.g. fold1,fold3 (default all)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument("--launcher", default=None,
+                   help="launcher JSON (inline or a file): {kind: inline|local|slurm, ...}; default: in this process")
 
 
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     settings = read_settings(args.settings)
     only = args.folds.split(",") if args.folds else None
-    frame = train_all(args.features, settings, args.out, args.device, only, progress=not args.no_progress)
+    launcher = read_settings(args.launcher) if args.launcher else None
+    frame = train_all(args.features, settings, args.out, args.device, only, args.threads, launcher)
     log.info("%s/%s/%s: accuracy %s", settings["dataset"], settings["protocol"], settings["method"],
              ", ".join(f"{a:.3f}" for a in frame["accuracy"]))
     return 0

