@@ -6,7 +6,231 @@ import math
 import pytest
 import torch
 
-from daamflow.attention import MixtureDAAM
+from daamflow.attention import DAAM, GQDAAM, GroupedQueryAttention, LayerSelfAttention, MixtureDAAM, _DAAMFunction
+
+
+# ------------------------------------------------------------------------------------------------------------ DAAM
+def _daam_by_hand(x, delta, xi, num_heads, eps=1e-5, squared=False):
+    """Algorithm 1 per head, feature and sample with Python scalars; returns (output, gate)."""
+    b_size, n_layers, d = x.shape
+    per = n_layers // num_heads
+    gate = torch.zeros_like(x)
+    for b in range(b_size):
+        for h in range(num_heads):
+            for j in range(d):
+                vals = [x[b, h * per + l, j].item() for l in range(per)]
+                mu = sum(vals) / per
+                var = abs(sum(v * v for v in vals) / per - mu * mu) + 1e-8
+                spread = xi[h, j].item() ** 2 if squared else xi[h, j].item()
+                for l, v in enumerate(vals):
+                    z = (v - mu - delta[h, j].item()) / math.sqrt(var + eps)
+                    gate[b, h * per + l, j] = math.exp(-(z * z) / (2 * spread))
+    return x * gate, gate
+
+
+def _random_daam(n_layers, d, heads, squared=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    mod = DAAM(n_layers, d, num_heads=heads, squared_variance=squared).double()
+    with torch.no_grad():
+        mod.mean_offset.copy_(0.2 * torch.randn(heads, d, generator=gen, dtype=torch.float64))
+        mod.scaled_variance.copy_(2 + 0.3 * torch.randn(heads, d, generator=gen, dtype=torch.float64))
+    return mod, gen
+
+
+@pytest.mark.parametrize("n_layers,heads,squared", [(6, 2, False), (6, 3, True), (4, 1, False), (5, 5, False)])
+def test_daam_matches_hand_computation(n_layers, heads, squared):
+    mod, gen = _random_daam(n_layers, 3, heads, squared)
+    x = torch.randn(2, n_layers, 3, generator=gen, dtype=torch.float64)
+    out, gate = _daam_by_hand(x, mod.mean_offset, mod.scaled_variance, heads, squared=squared)
+    torch.testing.assert_close(mod(x), out)
+    torch.testing.assert_close(mod.density(x), gate)
+
+
+def test_daam_init_and_parameter_shapes():
+    mod = DAAM(24, 1024, num_heads=8)
+    assert mod.mean_offset.shape == mod.scaled_variance.shape == (8, 1024)
+    assert (mod.mean_offset == 0).all() and (mod.scaled_variance == 2).all()
+    assert sum(p.numel() for p in mod.parameters()) == 16_384
+    assert sum(p.numel() for p in DAAM(40, 5120, num_heads=1).parameters()) == 10_240
+
+
+def test_daam_gate_is_one_where_z_is_zero():
+    mod = DAAM(4, 3, num_heads=2)
+    x = torch.randn(2, 4, 3)
+    x[:, 2:] = 5.0  # head 1: both layers equal their mean -> z = 0 (delta = 0)
+    gate = mod.density(x)
+    torch.testing.assert_close(gate[:, 2:], torch.ones(2, 2, 3))
+    assert (gate[:, :2] < 1).all()
+
+
+def test_daam_single_layer_heads_are_finite():
+    mod = DAAM(3, 4, num_heads=3)
+    x = torch.randn(2, 3, 4, requires_grad=True)
+    torch.testing.assert_close(mod(x), x)  # v = 1e-8, z = -delta/sqrt(v + eps) = 0 at init
+    with torch.no_grad():
+        mod.mean_offset.fill_(1e-3)
+    gate = mod.density(x)
+    expected = math.exp(-(1e-3**2) / (2 * 2.0 * (1e-8 + 1e-5)))
+    torch.testing.assert_close(gate, torch.full_like(gate, expected))
+    mod(x).sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(mod.mean_offset.grad).all()
+
+
+def test_daam_heads_are_independent():
+    mod, gen = _random_daam(6, 4, 3)
+    x = torch.randn(2, 6, 4, generator=gen, dtype=torch.float64)
+    x2 = x.clone()
+    x2[:, 2:4] = torch.randn(2, 2, 4, generator=gen, dtype=torch.float64)  # change head 1's block only
+    y, y2 = mod(x), mod(x2)
+    torch.testing.assert_close(y[:, :2], y2[:, :2])
+    torch.testing.assert_close(y[:, 4:], y2[:, 4:])
+    assert not torch.allclose(y[:, 2:4], y2[:, 2:4])
+
+
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("per_head", [1, 3])
+def test_daam_function_gradcheck(per_head, squared):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 2, per_head, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    scale = 1e-3 if per_head == 1 else 0.3  # one layer: z = -delta / sqrt(1e-5), keep it in a non-flat region
+    delta = (scale * torch.randn(2, 1, 4, generator=gen, dtype=torch.float64)).requires_grad_()
+    xi = (2 + 0.3 * torch.randn(2, 1, 4, generator=gen, dtype=torch.float64)).requires_grad_()
+    fn = lambda a, b, c: _DAAMFunction.apply(a, b, c, 1e-5, squared)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, delta, xi))
+
+
+def test_daam_gradients_match_plain_autograd():
+    mod, gen = _random_daam(6, 5, 2)
+    x = torch.randn(3, 6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(3, 6, 5, generator=gen, dtype=torch.float64)
+    mod(x).backward(gy)
+    grads = [x.grad.clone(), mod.mean_offset.grad.clone(), mod.scaled_variance.grad.clone()]
+    # Plain autograd on the algorithm, head loop as the released code.
+    x_ref = x.detach().clone().requires_grad_()
+    delta = mod.mean_offset.detach().clone().requires_grad_()
+    xi = mod.scaled_variance.detach().clone().requires_grad_()
+    outs = []
+    for h in range(2):
+        y = x_ref[:, 3 * h : 3 * h + 3]
+        mean = y.mean(1, keepdim=True)
+        var = ((y**2).mean(1, keepdim=True) - mean**2).abs() + 1e-8
+        y_norm = (y - (mean + delta[h])) / torch.sqrt(var + 1e-5)
+        outs.append(y * torch.exp(-(y_norm**2 / (2 * xi[h]))))
+    torch.cat(outs, 1).backward(gy)
+    for got, want in zip(grads, [x_ref.grad, delta.grad, xi.grad]):
+        torch.testing.assert_close(got, want)
+    assert (grads[1] != 0).all() and (grads[2] != 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_daam_half_precision(dtype):
+    torch.manual_seed(0)
+    mod = DAAM(6, 8, num_heads=2)
+    x = torch.randn(2, 6, 8).to(dtype)
+    out = mod(x)
+    assert out.dtype == dtype and mod.density(x).dtype == torch.float32
+    torch.testing.assert_close(out.float(), mod(x.float()), rtol=1e-2, atol=1e-2)
+    x.requires_grad_()
+    mod(x).float().sum().backward()
+    assert x.grad.dtype == dtype and torch.isfinite(mod.scaled_variance.grad).all()
+
+
+def test_daam_deterministic():
+    x = torch.randn(2, 6, 8)
+    a = DAAM(6, 8, num_heads=2)
+    torch.testing.assert_close(a(x), a(x), rtol=0, atol=0)
+
+
+def test_daam_errors():
+    with pytest.raises(ValueError, match=r"num_layers=6 is not divisible by num_heads=4.*\[1, 2, 3, 6\]"):
+        DAAM(6, 8, num_heads=4)
+    with pytest.raises(ValueError, match="feature_dim must be a positive int"):
+        DAAM(6, 0)
+    with pytest.raises(ValueError, match=r"expects input of shape \(batch, num_layers=6, feature_dim=8\)"):
+        DAAM(6, 8, num_heads=2)(torch.randn(2, 6, 7))
+    with pytest.raises(ValueError, match="got \\(6, 8\\)"):
+        DAAM(6, 8, num_heads=2)(torch.randn(6, 8))
+
+
+# ------------------------------------------------------------------------------------------------- GQA, GQDAAM, MHA
+def _gqa_by_hand(mod, x, standard):
+    b_size, t, _ = x.shape
+    hq, hkv, hd = mod.query_heads, mod.kv_heads, mod.head_dim
+    groups = hq // hkv
+    q, k, v = mod.q_proj(x), mod.k_proj(x), mod.v_proj(x)
+    heads_out = hq if standard else hkv
+    out = torch.zeros(b_size, t, heads_out * hd, dtype=x.dtype)
+    for b in range(b_size):
+        for h in range(heads_out):
+            kv = h // groups if standard else h
+            kh, vh = k[b, :, kv * hd : (kv + 1) * hd], v[b, :, kv * hd : (kv + 1) * hd]
+            if standard:
+                qh, scale = q[b, :, h * hd : (h + 1) * hd], 1 / math.sqrt(hd)
+            else:  # sum of the group's query heads, scaled by 1/sqrt(hd) twice
+                qh = sum(q[b, :, (h * groups + g) * hd : (h * groups + g + 1) * hd] for g in range(groups))
+                scale = 1 / hd
+            for i in range(t):
+                logits = torch.stack([(qh[i] * kh[j]).sum() * scale for j in range(t)])
+                w = torch.softmax(logits, 0)
+                out[b, i, h * hd : (h + 1) * hd] = sum(w[j] * vh[j] for j in range(t))
+    return mod.out_proj(mod.norm(out))
+
+
+@pytest.mark.parametrize("standard", [False, True])
+def test_gqa_matches_hand_computation(standard):
+    torch.manual_seed(0)
+    mod = GroupedQueryAttention(embed_dim=8, query_heads=4, kv_heads=2, standard=standard).double()
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    torch.testing.assert_close(mod(x), _gqa_by_hand(mod, x, standard))
+
+
+def test_gqa_and_gqdaam_parameter_counts():
+    assert sum(p.numel() for p in GroupedQueryAttention(512, 8, 2).parameters()) == 460_288
+    std = GroupedQueryAttention(512, 8, 2, standard=True)
+    assert std.out_proj.in_features == 512 and std.k_proj.out_features == 128
+    with torch.device("meta"):
+        assert sum(p.numel() for p in GQDAAM(24, 1024).parameters()) == 1_001_472
+        assert sum(p.numel() for p in GQDAAM(40, 5120).parameters()) == 3_164_160
+        assert sum(p.numel() for p in GQDAAM(24, 1024, daam_heads=None).parameters()) == 985_088
+    with pytest.raises(ValueError, match="query_heads % kv_heads"):
+        GroupedQueryAttention(512, 8, 3)
+
+
+def test_gqdaam_tokens_are_layers():
+    torch.manual_seed(0)
+    mod = GQDAAM(6, 8, daam_heads=2, gqa_dim=16, query_heads=4, kv_heads=2)
+    out = mod(torch.randn(3, 6, 8))
+    assert out.shape == (3, 6, 16)
+    x = torch.randn(2, 6, 8)
+    x2 = x.clone()
+    x2[1] = torch.randn(6, 8)
+    torch.testing.assert_close(mod(x)[0], mod(x2)[0])  # samples do not interact
+
+
+def test_layer_self_attention_batch_first_vs_across_batch_quirk():
+    torch.manual_seed(0)
+    proper = LayerSelfAttention(8, 2).eval()
+    quirk = LayerSelfAttention(8, 2, across_batch=True).eval()
+    quirk.load_state_dict(proper.state_dict())
+    x = torch.randn(3, 4, 8)
+    x2 = x.clone()
+    x2[1:] = torch.randn(2, 4, 8)
+    torch.testing.assert_close(proper(x)[0], proper(x2)[0])
+    assert not torch.allclose(quirk(x)[0], quirk(x2)[0])  # the released code's prediction depends on the batch
+    # The quirk equals torch's default (sequence-first) MultiheadAttention applied to (B, N, d) as the released code.
+    ref = torch.nn.MultiheadAttention(8, 2)
+    ref.load_state_dict(proper.attn.state_dict())
+    torch.testing.assert_close(quirk(x), ref(x, x, x)[0])
+
+
+def test_layer_self_attention_batch_norm_over_layers():
+    torch.manual_seed(0)
+    mod = LayerSelfAttention(8, 2, num_layers=4, batch_norm=True).train()
+    out = mod(torch.randn(5, 4, 8))
+    torch.testing.assert_close(out.mean((0, 2)), torch.zeros(4), atol=1e-5, rtol=0)
+    assert sum(p.numel() for p in mod.norm.parameters()) == 8
+    with pytest.raises(ValueError, match="num_layers"):
+        LayerSelfAttention(8, 2, batch_norm=True)
 
 
 # ----------------------------------------------------------------------------------------------------- MixtureDAAM

@@ -66,7 +66,8 @@ def test_quantiser_picks_nearest_code_and_its_perplexity():
 
 
 @pytest.mark.parametrize("counts, expected", [
-    ([5, 5, 5, 0, 0], 3.0), ([7, 0, 0, 0], 1.0), ([1] * 64, 64.0), ([3, 1], math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))),
+    ([5, 5, 5, 0, 0], 3.0), ([7, 0, 0, 0], 1.0), ([1] * 64, 64.0),
+    ([3, 1], math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))),
 ])
 def test_codebook_perplexity(counts, expected):
     assert vqvae.codebook_perplexity(torch.tensor(counts)).item() == pytest.approx(expected, rel=1e-6)
@@ -149,7 +150,8 @@ def test_resume_gives_the_same_final_numbers(runs):
     full = json.loads((runs["daam"] / "metrics.json").read_text())
     resumed = json.loads((runs["resumed"] / "metrics.json").read_text())
     assert resumed["metrics"] == full["metrics"] and resumed["final_train"] == full["final_train"]
-    pd.testing.assert_frame_equal(pd.read_csv(runs["resumed"] / "history.csv"), pd.read_csv(runs["daam"] / "history.csv"))
+    history = [pd.read_csv(runs[k] / "history.csv") for k in ("daam", "resumed")]
+    pd.testing.assert_frame_equal(*history)
     a = torch.load(runs["daam"] / "model.pt")["model"]
     b = torch.load(runs["resumed"] / "model.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -192,6 +194,12 @@ def test_cli_train_and_table(runs, tmp_path):
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="unknown VQ-VAE hyper-parameter"):
         VQVAEConfig.from_dict({"hiden_dims": [8]})
+    with pytest.raises(ValueError, match="hidden_dims must be list"):
+        VQVAEConfig.from_dict({"hidden_dims": "16"})
+    with pytest.raises(ValueError, match="epochs must be int, got 2.5"):
+        VQVAEConfig.from_dict({"epochs": 2.5})
+    cfg = VQVAEConfig.from_dict({"lr": 1, "train_images": None, "ema": True})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.train_images is None and cfg.ema
     with pytest.raises(ValueError, match="norm_groups"):
         VQVAEConfig.from_dict({"hidden_dims": [5]}, MICRO).validate()
     with pytest.raises(ValueError, match="image_size"):

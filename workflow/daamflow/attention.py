@@ -16,6 +16,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -59,6 +60,7 @@ class _DAAMFunction(torch.autograd.Function):
         return x4 * gate, gate
 
     @staticmethod
+    @once_differentiable  # intermediates are saved without history: refuse double backward rather than be wrong
     def backward(ctx, gy, _ggate):  # type: ignore[override]
         x4, gate, mean, s, r, rk, shift, kappa, xi = ctx.saved_tensors
         n = ctx.n

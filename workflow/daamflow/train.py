@@ -226,6 +226,8 @@ def run_split(
     if gaussians is not None:
         write_json(out_dir / "gaussians.json", gaussians)
     write_json(out_dir / "metrics.json", metrics)  # last: its presence marks the fold finished
+    log.info("%s %s: best epoch %d (selection accuracy %.4f), test accuracy %.4f, macro-F1 %.4f",
+             method, split.name, best["epoch"], best["accuracy"], metrics["accuracy"], metrics["macro_f1"])
     return metrics
 
 
@@ -260,7 +262,7 @@ def run_fold(store_dir: Path, settings: dict, out_dir: Path, fold: str, device: 
         log.info("%s: finished earlier with the same settings; reused", fold)
         return metrics
     ids = store.index["id"].astype(str).to_numpy()
-    num_classes = len(store.manifest.get("classes") or []) or int(store.labels.max()) + 1
+    num_classes = int(store.labels.max()) + 1
     return run_split(store.features, store.labels, ids, num_classes, split, settings, fold_dir, device, progress=False)
 
 

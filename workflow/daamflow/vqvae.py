@@ -29,9 +29,9 @@ import json
 import logging
 import os
 import platform
-import sys
 import tempfile
 import time
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,7 +120,26 @@ class VQVAEConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown VQ-VAE hyper-parameter(s) {unknown}; known: {sorted(known)}")
-        return dataclasses.replace(base or cls(), **values)
+        hints = typing.get_type_hints(cls)
+        return dataclasses.replace(base or cls(), **{k: _checked(k, hints[k], v) for k, v in values.items()})
+
+
+def _checked(name: str, hint: Any, value: Any) -> Any:
+    """``value`` if it fits the field's type hint (ints are accepted for floats), else a ValueError naming the field."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if typing.get_origin(option) is list:
+            if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                return list(value)
+        elif option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        elif option in (int, str, bool) and isinstance(value, option):
+            if option is bool or not isinstance(value, bool):  # bool is an int subclass: reject True for an int
+                return value
+    expected = hint.__name__ if isinstance(hint, type) else str(hint)
+    raise ValueError(f"hyper-parameter {name} must be {expected}, got {value!r}")
 
 
 PRESETS: dict[str, VQVAEConfig] = {
@@ -223,7 +242,7 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         b, d, h, w = z.shape
         if d != self.embedding_dim:
-            raise ValueError(f"VectorQuantizer expects {self.embedding_dim} channels, got input of shape {tuple(z.shape)}")
+            raise ValueError(f"VectorQuantizer expects {self.embedding_dim} channels, got shape {tuple(z.shape)}")
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
         distances = (flat.square().sum(1, keepdim=True) - 2 * flat @ self.codebook.t()
                      + self.codebook.square().sum(1))
@@ -309,7 +328,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int 
     differences of moments (E[x²] − E[x]²), which lose ~1e-4 of SSIM to cancellation in float32.
     """
     if x.shape != y.shape or x.dim() != 4:
-        raise ValueError(f"ssim expects two (B, C, H, W) tensors of the same shape, got {tuple(x.shape)}, {tuple(y.shape)}")
+        raise ValueError(f"ssim expects two (B, C, H, W) tensors of one shape, got {tuple(x.shape)}, {tuple(y.shape)}")
     size = min(window, x.shape[-1], x.shape[-2])
     size -= 1 - size % 2
     c = x.shape[1]
@@ -512,10 +531,11 @@ def train_run(cfg: VQVAEConfig, variant: str, seed: int, out_dir: Path | str, *,
         mismatched = [k for k in identity if state["identity"][k] != identity[k]]
         if mismatched:
             raise ValueError(
-                f"{ckpt_path} belongs to a run with a different {', '.join(mismatched)}; delete it or choose another --out"
+                f"{ckpt_path} belongs to a run with a different {', '.join(mismatched)}; "
+                "delete it or choose another --out"
             )
         model.load_state_dict(state["model"])
-        pass
+        optimizer.load_state_dict(state["optimizer"])
         history, wall, start_epoch = state["history"], state["wall_time_s"], state["epoch"] + 1
         log.info("resuming %s from epoch %d (%s)", variant, start_epoch, ckpt_path)
     else:
@@ -617,7 +637,8 @@ def _plot_grid(path: Path, originals: np.ndarray, rows: list[tuple[str, np.ndarr
     mosaic = np.ones((len(all_rows) * (h + pad) - pad, n * (w + pad) - pad, c), dtype=np.float32)
     for r, (_, images) in enumerate(all_rows):
         for i in range(n):
-            mosaic[r * (h + pad):r * (h + pad) + h, i * (w + pad):i * (w + pad) + w] = np.clip(images[i], 0, 1).transpose(1, 2, 0)
+            top, left = r * (h + pad), i * (w + pad)
+            mosaic[top:top + h, left:left + w] = np.clip(images[i], 0, 1).transpose(1, 2, 0)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * n + 1.5), 0.9 * len(all_rows) + 0.3))
     ax.imshow(mosaic[..., 0] if c == 1 else mosaic, cmap="gray" if c == 1 else None, vmin=0, vmax=1,
               interpolation="nearest")
@@ -772,5 +793,5 @@ def main(args: argparse.Namespace) -> int:
                   threads=args.threads, workers=args.workers, stop_after_epochs=args.stop_after_epochs)
         return 0
     df = write_table(args.runs, args.out_csv, args.out_md, args.grid_out)
-    print(_markdown(df), file=sys.stdout)
+    print(_markdown(df))
     return 0

@@ -1,0 +1,43 @@
+"""Tests of daamflow.importance (IF) against hand computations."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from daamflow.importance import importance_factor, layer_share, per_layer_importance, rank_layers
+
+
+def test_importance_factor_global_min_max():
+    dens = np.array([[0.5, 0.7], [0.9, 0.6], [0.5, 1.0]])
+    expected = np.array([[0.0, 0.4], [0.8, 0.2], [0.0, 1.0]])
+    np.testing.assert_allclose(importance_factor(dens), expected)
+    assert importance_factor(dens).min() == 0.0 and importance_factor(dens).max() == 1.0
+
+
+def test_constant_map_gives_zeros_not_nan():
+    out = importance_factor(np.full((3, 4), 0.42))
+    assert out.shape == (3, 4) and (out == 0).all()
+    np.testing.assert_allclose(layer_share(out), [1 / 3] * 3)
+
+
+def test_per_layer_share_and_rank():
+    if_map = np.array([[0.0, 0.4], [0.8, 0.2], [0.0, 1.0]])
+    per_layer = per_layer_importance(if_map)
+    np.testing.assert_allclose(per_layer, [0.2, 0.5, 0.5])
+    share = layer_share(if_map)
+    np.testing.assert_allclose(share, [0.4 / 2.4, 1.0 / 2.4, 1.0 / 2.4])
+    assert share.sum() == pytest.approx(1.0)
+    assert rank_layers(per_layer).tolist() == [1, 2, 0]  # tie 1/2 keeps layer order
+    assert rank_layers(per_layer, descending=False).tolist() == [0, 1, 2]
+    assert isinstance(rank_layers(per_layer), np.ndarray)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="2-D"):
+        importance_factor(np.zeros(4))
+    with pytest.raises(ValueError, match="NaN"):
+        importance_factor(np.array([[np.nan, 1.0]]))
+    with pytest.raises(ValueError, match="non-negative"):
+        layer_share(np.array([[-1.0, 0.0]]))
+    with pytest.raises(ValueError, match="1-D"):
+        rank_layers(np.zeros((2, 2)))

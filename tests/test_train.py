@@ -1,0 +1,107 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from daamflow.features import write_store
+from daamflow.folds import make_splits
+from daamflow.train import Interrupted, run_split, settings_hash, train_all
+
+N, D, C = 4, 12, 3
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A small feature store with a class signal in layers 1-2, 6 groups, an official split."""
+    rng = np.random.default_rng(0)
+    n = 90
+    labels = np.arange(n) % C
+    x = rng.normal(size=(n, N, D)).astype(np.float32)
+    x[:, 1:3, :C] += 3.0 * np.eye(C)[labels][:, None, :]
+    index = pd.DataFrame({
+        "id": [f"s{i}" for i in range(n)], "label": labels, "label_name": [f"c{k}" for k in labels],
+        "group": [f"g{i % 6}" for i in range(n)], "split": np.where(np.arange(n) % 5 == 0, "test", "train"),
+    })
+    return write_store(tmp_path_factory.mktemp("store"), x, index, {"encoder": "synthetic"})
+
+
+def _settings(method="daam_v1", protocol="clean", epochs=4, scheme=None):
+    return {
+        "dataset": "toy", "encoder": "synthetic", "method": method, "protocol": protocol, "seed": 3,
+        "evaluation": scheme or {"scheme": "kfold", "folds": 3},
+        "hyper": {"epochs": epochs, "batch_size": 16, "lr": 3e-3, "weight_decay": 0.01, "loss": "focal",
+                  "focal_alpha": 0.25, "focal_gamma": 2.5, "scheduler_factor": 0.1, "scheduler_patience": 2,
+                  "grad_clip": None, "dev_fraction": 0.2, "amp": "auto"},
+        "model_options": {"conv_channels": 8},
+    }
+
+
+def test_run_contract_and_learning(store, tmp_path):
+    frame = train_all(store, _settings(epochs=8), tmp_path)
+    assert list(frame["fold"]) == ["fold1", "fold2", "fold3"]
+    assert frame["accuracy"].mean() > 0.6  # the planted signal is learnt (chance is 1/3)
+    fold = tmp_path / "fold1"
+    for name in ["metrics.json", "history.csv", "predictions.csv", "checkpoint.pt", "model.pt", "density.npy", "gaussians.json"]:
+        assert (fold / name).is_file(), name
+    metrics = json.loads((fold / "metrics.json").read_text())
+    assert metrics["selection"] == "dev" and metrics["split"]["n_select"] > 0
+    assert metrics["params"] > metrics["params_without_classifier"] > 0
+    assert sum(map(sum, metrics["confusion"])) == metrics["split"]["n_test"]
+    density = np.load(fold / "density.npy")
+    assert density.shape == (N, D) and (density > 0).all() and (density <= 1).all()
+    gauss = json.loads((fold / "gaussians.json").read_text())
+    assert np.array(gauss["scaled_variance"]).shape[1] == D
+    history = pd.read_csv(fold / "history.csv")
+    assert len(history) == 8 and history["select_accuracy"].max() == pytest.approx(metrics["select_accuracy"])
+    assert pd.read_csv(tmp_path / "runs.csv")["accuracy"].tolist() == frame["accuracy"].tolist()
+
+
+def test_paper_protocol_selects_on_the_test_part(store, tmp_path):
+    frame = train_all(store, _settings(method="linear", protocol="paper", epochs=3), tmp_path)
+    metrics = json.loads((tmp_path / "fold2/metrics.json").read_text())
+    assert metrics["selection"] == "test"
+    assert metrics["select_accuracy"] == pytest.approx(metrics["accuracy"])  # the released code's optimism
+    assert not (tmp_path / "fold2/density.npy").exists()  # no density for non-DAAM methods
+    assert len(frame) == 3
+
+
+def test_resume_gives_the_uninterrupted_numbers(store, tmp_path):
+    from daamflow.features import load_store
+
+    s = load_store(store)
+    settings = _settings(method="gqdaam", epochs=5)
+    split = make_splits(s.labels, s.groups, s.splits, settings["evaluation"], "clean", 3)[0]
+    ids = s.index["id"].to_numpy()
+    full = run_split(s.features, s.labels, ids, C, split, settings, tmp_path / "full", "cpu", progress=False)
+    with pytest.raises(Interrupted):
+        run_split(s.features, s.labels, ids, C, split, settings, tmp_path / "cut", "cpu", stop_after_epoch=2, progress=False)
+    assert not (tmp_path / "cut/metrics.json").exists()
+    resumed = run_split(s.features, s.labels, ids, C, split, settings, tmp_path / "cut", "cpu", progress=False)
+    for key in ["accuracy", "macro_f1", "best_epoch", "select_accuracy", "confusion"]:
+        assert resumed[key] == full[key], key
+    assert pd.read_csv(tmp_path / "cut/history.csv").equals(pd.read_csv(tmp_path / "full/history.csv"))
+    a, b = torch.load(tmp_path / "full/model.pt"), torch.load(tmp_path / "cut/model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finished_folds_are_reused_and_changed_settings_rerun(store, tmp_path):
+    settings = _settings(method="identity", epochs=2, scheme={"scheme": "seeds", "runs": 2})
+    first = train_all(store, settings, tmp_path)
+    stamp = (tmp_path / "run1/metrics.json").stat().st_mtime_ns
+    again = train_all(store, settings, tmp_path)
+    assert (tmp_path / "run1/metrics.json").stat().st_mtime_ns == stamp
+    assert again.equals(first)
+    changed = {**settings, "hyper": {**settings["hyper"], "lr": 1e-2}}
+    train_all(store, changed, tmp_path, only=["run2"])
+    metrics = json.loads((tmp_path / "run2/metrics.json").read_text())
+    assert metrics["settings_hash"] == settings_hash(changed) != settings_hash(settings)
+    with pytest.raises(ValueError, match="unknown fold"):
+        train_all(store, settings, tmp_path, only=["fold9"])
+
+
+def test_training_is_deterministic(store, tmp_path):
+    a = train_all(store, _settings(method="mixture", epochs=2), tmp_path / "a")
+    b = train_all(store, _settings(method="mixture", epochs=2), tmp_path / "b")
+    assert a["accuracy"].tolist() == b["accuracy"].tolist()
