@@ -8,6 +8,8 @@ rule prepare:
         source=lambda w: config["datasets"][w.dataset]["source"],
         options=lambda w: json.dumps(config["datasets"][w.dataset]["options"], sort_keys=True),
         seed=config["seed"],
+    conda:
+        "../envs/daamflow.yaml"
     log:
         f"{R}/logs/prepare/{{dataset}}.log",
     benchmark:
@@ -28,6 +30,8 @@ rule encoder:
     params:
         out=lambda w, output: os.path.dirname(output.spec),
         spec=lambda w: json.dumps(config["encoders"][w.encoder], sort_keys=True),
+    conda:
+        "../envs/daamflow.yaml"
     log:
         f"{R}/logs/encoder/{{encoder}}.log",
     benchmark:

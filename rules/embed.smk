@@ -19,6 +19,8 @@ rule embed:
             if config["datasets"][w.dataset]["embed"].get("max_length")
             else ""
         ),
+    conda:
+        "../envs/daamflow.yaml"
     log:
         f"{R}/logs/embed/{{dataset}}_{{encoder}}.log",
     benchmark:

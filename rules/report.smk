@@ -6,8 +6,10 @@ rule report_dataset:
         tables=[f for f in targets.dataset_tables(config, "{dataset}") if not f.endswith(".png")],
         figure=f"{R}/figures/{{dataset}}_accuracy.png",
     params:
-        tables=f"{R}/tables",
-        figures=f"{R}/figures",
+        tables=lambda w, output: os.path.dirname(output.tables[0]),
+        figures=lambda w, output: os.path.dirname(output.figure),
+    conda:
+        "../envs/daamflow.yaml"
     log:
         f"{R}/logs/report/{{dataset}}.log",
     benchmark:
@@ -28,6 +30,8 @@ rule summary:
     output:
         md=f"{R}/tables/summary.md",
         json=f"{R}/tables/summary.json",
+    conda:
+        "../envs/daamflow.yaml"
     log:
         f"{R}/logs/report/summary.log",
     benchmark:

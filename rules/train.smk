@@ -9,6 +9,8 @@ rule train:
         out=lambda w, output: os.path.dirname(output.runs),
         settings=lambda w: settings_json(train_settings(config, w.dataset, w.method, w.protocol)),
         launcher=launcher_json(),
+    conda:
+        "../envs/daamflow.yaml"
     log:
         f"{R}/logs/train/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}.log",
     benchmark:
