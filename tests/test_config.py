@@ -56,16 +56,19 @@ def test_missing_file_and_non_mapping(tmp_path):
 
 
 def test_hyper_parameter_precedence(default_config):
-    config = validate_config(copy.deepcopy(default_config))
-    speech = training_hyper(config, "prosody")
-    text = training_hyper(config, "wordnet")
-    # paper defaults per modality (dossier §5) ...
+    bare = copy.deepcopy(default_config)
+    bare.pop("training")
+    config = validate_config(bare)
+    speech, text = training_hyper(config, "prosody"), training_hyper(config, "wordnet")
+    # the paper's per-modality defaults (dossier §5) ...
     assert speech["batch_size"] == 8 and speech["loss"] == "focal" and speech["lr"] == 1e-4
     assert text["batch_size"] == 32 and text["loss"] == "cross_entropy" and text["lr"] == 5e-5
-    # ... overridden by the config's defaults, then by the dataset
-    assert speech["epochs"] == default_config["training"]["defaults"]["epochs"]
+    assert speech["epochs"] == 35
+    # ... overridden by the config's defaults, then its per-modality block, then the dataset
+    config["training"] = {"defaults": {"lr": 1e-3, "epochs": 7}, "by_modality": {"audio": {"lr": 2e-3}}}
+    assert training_hyper(config, "wordnet")["lr"] == 1e-3 and training_hyper(config, "prosody")["lr"] == 2e-3
     config["datasets"]["prosody"]["training"] = {"lr": 3e-3}
-    assert training_hyper(config, "prosody")["lr"] == 3e-3
+    assert training_hyper(config, "prosody")["lr"] == 3e-3 and training_hyper(config, "prosody")["epochs"] == 7
 
 
 def test_train_settings_are_json_and_method_options_merge(default_config):
@@ -75,3 +78,13 @@ def test_train_settings_are_json_and_method_options_merge(default_config):
     assert s["model_options"] == {"conv_channels": 32, "num_heads": 2}
     assert train_settings(config, "wordnet", "mha", "clean")["model_options"] == {"conv_channels": 32}
     assert s["protocol"] == "clean" and s["encoder"] == "minilm"
+
+
+def test_settings_round_trip_keeps_exponent_floats(tmp_path):
+    from daamflow.config import read_settings, settings_json
+
+    settings = {"lr": 5e-05, "nested": {"eps": 1e-08}}
+    assert read_settings(settings_json(settings)) == settings
+    path = tmp_path / "s.json"
+    path.write_text(settings_json(settings))
+    assert read_settings(str(path)) == settings

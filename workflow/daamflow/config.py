@@ -146,10 +146,13 @@ def read_settings(value: str) -> dict:
         if not path.is_file():
             raise ConfigError(f"--settings: neither inline JSON nor an existing file: {value!r}")
         text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--settings: not valid JSON/YAML: {exc}") from exc
+    try:  # JSON first: YAML 1.1 reads a float like 5e-05 (no dot) as a string
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--settings: not valid JSON/YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError("--settings: expected a mapping")
     return data

@@ -94,9 +94,11 @@ def write_store(out_dir: Path | str, features: np.ndarray, index: pd.DataFrame, 
     with atomic_dir(out_dir) as work:
         stored = np.lib.format.open_memmap(work / FEATURES, mode="w+", dtype=DTYPE, shape=features.shape)
         for start in range(0, features.shape[0], _CHUNK_ROWS):  # chunked: never a second full copy in memory
-            chunk = np.asarray(features[start:start + _CHUNK_ROWS])
+            with np.errstate(over="ignore"):  # overflow is reported just below, with the rows
+                chunk = np.asarray(features[start:start + _CHUNK_ROWS]).astype(DTYPE)
             if not np.isfinite(chunk).all():
-                raise ValueError(f"features rows {start}..{start + len(chunk) - 1} hold NaN or inf")
+                raise ValueError(f"features rows {start}..{start + len(chunk) - 1} hold NaN, inf or values "
+                                 f"beyond the float16 range (|x| > 65504)")
             stored[start:start + len(chunk)] = chunk
         stored.flush()
         del stored

@@ -87,7 +87,9 @@ def render(table: pd.DataFrame, fmt: str = "markdown") -> str:
     if fmt == "csv":
         return table.to_csv(index=False)
     if fmt == "markdown":
-        return _display(table).to_markdown(index=False)
+        return _display(table).to_markdown(
+            index=False, disable_numparse=True, colalign=("left",) * 3 + ("right",) * 3 + ("left",)
+        )
     if fmt == "latex":
         return _display(table).to_latex(index=False)
     raise ValueError(f"unknown format {fmt!r}; choose markdown, csv or latex")

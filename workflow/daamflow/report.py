@@ -89,6 +89,8 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
             f"{m:.1f} ± {s:.2f}" if pd.notna(m) else "" for m, s in zip(shown[stat_mean], shown[f"{prefix}std"])
         ]
         shown = shown.drop(columns=[stat_mean, f"{prefix}std"] + ([f"{prefix}n"] if f"{prefix}n" in shown else []))
+    params = [c for c in shown.columns if c.startswith("params")]
+    shown = shown[[c for c in shown.columns if c not in params] + params]  # accuracy first, counts last
     for col in shown.columns:
         if col.startswith("params"):
             shown[col] = shown[col].map(lambda v: f"{int(v):,}" if pd.notna(v) else "")

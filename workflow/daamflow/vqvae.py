@@ -144,7 +144,7 @@ def _checked(name: str, hint: Any, value: Any) -> Any:
 
 PRESETS: dict[str, VQVAEConfig] = {
     "blog": VQVAEConfig(),
-    # ≈10 s per run on one CPU core (see the module's tests and the stage report for measured times).
+    # One run: 5–12 s of training + evaluation on one CPU core (11–20 s per process with imports, shared 2-core box).
     "demo": VQVAEConfig(
         hidden_dims=[16, 32], latent_dim=16, num_embeddings=64, dataset="fashion_mnist", image_size=32,
         train_images=512, test_images=128, batch_size=32, epochs=3,
@@ -514,9 +514,9 @@ def train_run(cfg: VQVAEConfig, variant: str, seed: int, out_dir: Path | str, *,
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if threads:
         torch.set_num_threads(threads)
+    train_set, test_set, channels = load_datasets(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train_set, test_set, channels = load_datasets(cfg)
     torch.manual_seed(seed)
     model = VQVAE(cfg, variant, channels).to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
@@ -765,8 +765,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     train.add_argument("--stop-after-epochs", type=int, help="leave after N epochs of this call (resume later)")
     hp = train.add_argument_group("hyper-parameters (override preset and --params-json)")
+    blog = dataclasses.asdict(PRESETS["blog"])
     for f, hint in typing.get_type_hints(VQVAEConfig).items():
-        hp.add_argument(f"--{f.replace('_', '-')}", dest=f"hp_{f}", default=None, **_flag_type(hint))
+        extra = _flag_type(hint) | ({"choices": DATASETS} if f == "dataset" else {})
+        if "action" not in extra:
+            extra["metavar"] = f.upper()
+        hp.add_argument(f"--{f.replace('_', '-')}", dest=f"hp_{f}", default=None, help=f"blog: {blog[f]}", **extra)
     table = sub.add_parser("table", help="combine runs: plain vs DAAM, mean ± std over seeds",
                            description="Combine finished runs into a plain-vs-DAAM table (CSV + Markdown) and a grid.")
     table.add_argument("--runs", type=Path, nargs="+", required=True, help="run folders (each with metrics.json)")

@@ -1,0 +1,122 @@
+"""Benchmark DAAM forward+backward on CPU against the released code's per-head loop and a memory roofline.
+
+    python benchmarks/bench_daam.py [--threads 2] [--repeats 5] [--compile]
+
+For each shape, float32, DAAMv1 (8 heads):
+  * loop      - the released code's way (one DAAM module per head, Python loop, torch autograd), written out here;
+  * autograd  - the same formula vectorised over heads, differentiated by plain autograd;
+  * fused     - daamflow.attention.DAAM (one autograd.Function with an analytic backward);
+  * compiled  - opt-in (--compile): torch.compile of the vectorised formula, with its compile cost.
+The roofline is the unavoidable traffic (forward reads x and writes y; backward reads x and dy and writes dx:
+5 tensors of B*N*d float32) divided by the copy bandwidth measured here on a large tensor. Times are the minimum over
+``--repeats`` runs (the machine may be shared; the minimum is the least disturbed run).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+
+from daamflow.attention import DAAM
+
+SHAPES = ((256, 24, 1024), (32, 40, 5120))
+HEADS = 8
+
+
+def loop_daam(x: torch.Tensor, mean_offset: torch.Tensor, c: torch.Tensor, heads: int, eps: float = 1e-5):
+    """The released classification code: per head, DAAM on its layer block, then concatenate (dossier §1.5)."""
+    per = x.shape[1] // heads
+    outputs = []
+    for h in range(heads):
+        y = x[:, h * per : (h + 1) * per]
+        mean = y.mean(dim=1, keepdim=True)
+        var = (y**2).mean(dim=1, keepdim=True) - mean**2
+        var = torch.abs(var) + 1e-8
+        adjusted_mean = mean + mean_offset[h]
+        y_norm = (y - adjusted_mean) / torch.sqrt(var + eps)
+        outputs.append(y * torch.exp(-(y_norm**2 / (2 * c[h]))))
+    return torch.cat(outputs, dim=1)
+
+
+def vectorised_daam(x: torch.Tensor, mean_offset: torch.Tensor, c: torch.Tensor, heads: int, eps: float = 1e-5):
+    """The same formula on (B, H, N/H, d) at once, for plain autograd and torch.compile."""
+    b, n, d = x.shape
+    x4 = x.view(b, heads, n // heads, d)
+    mean = x4.mean(2, keepdim=True)
+    var = ((x4 * x4).mean(2, keepdim=True) - mean * mean).abs() + 1e-8
+    z = (x4 - mean - mean_offset.unsqueeze(1)) * torch.rsqrt(var + eps)
+    return (x4 * torch.exp(-z * z / (2 * c.unsqueeze(1)))).view(b, n, d)
+
+
+def copy_bandwidth(repeats: int) -> float:
+    """Bytes per second of a large tensor copy (read + write), well beyond the last-level cache."""
+    src = torch.ones(64 * 2**20)  # 256 MiB
+    dst = torch.empty_like(src)
+    best = min(_time(lambda: dst.copy_(src)) for _ in range(repeats))
+    return 2 * src.numel() * src.element_size() / best
+
+
+def _time(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench(step: Callable[[], object], repeats: int) -> float:
+    step()  # warm-up (allocator, first-call dispatch)
+    return min(_time(step) for _ in range(repeats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (minimum is reported)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the vectorised formula")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    bandwidth = copy_bandwidth(args.repeats)
+    print(f"torch {torch.__version__}, {args.threads} threads, copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+    compiled = torch.compile(vectorised_daam) if args.compile else None
+    for shape in SHAPES:
+        b, n, d = shape
+        module = DAAM(n, d, num_heads=HEADS)
+        with torch.no_grad():  # away from init so that every term of the gradient is exercised
+            module.mean_offset.normal_(0, 0.05)
+            module.scaled_variance.normal_(2, 0.05)
+        delta, xi = module.mean_offset, module.scaled_variance
+        x = torch.randn(shape, requires_grad=True)
+        grad_out = torch.randn(shape)
+
+        def step(fn):
+            def run():
+                x.grad = None
+                delta.grad = xi.grad = None
+                fn().backward(grad_out)
+
+            return run
+
+        variants = {
+            "loop": step(lambda: loop_daam(x, delta, xi, HEADS)),
+            "autograd": step(lambda: vectorised_daam(x, delta, xi, HEADS)),
+            "fused": step(lambda: module(x)),
+        }
+        roofline = 5 * x.numel() * x.element_size() / bandwidth
+        times = {name: bench(fn, args.repeats) for name, fn in variants.items()}
+        if compiled is not None:
+            first = _time(step(lambda: compiled(x, delta, xi, HEADS)))
+            times["compiled"] = bench(step(lambda: compiled(x, delta, xi, HEADS)), args.repeats)
+        print(f"\nshape {shape}: roofline {roofline * 1e3:.2f} ms (5 x {x.numel() * 4 / 1e6:.1f} MB)")
+        for name, seconds in times.items():
+            print(
+                f"  {name:9s} {seconds * 1e3:8.2f} ms   loop/this {times['loop'] / seconds:6.1f}x   "
+                f"roofline/this {100 * roofline / seconds:5.1f} %"
+            )
+        if compiled is not None:
+            print(f"  compiled: first call (compile + run) {first:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

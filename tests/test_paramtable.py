@@ -1,0 +1,63 @@
+"""Tests of daamflow.paramtable: the counts the paper's architecture implies, and the CLI."""
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+
+from daamflow import paramtable
+
+
+@pytest.fixture(scope="module")
+def table():
+    return paramtable.parameter_table()
+
+
+def _count(table, mechanism, counted_prefix, n):
+    rows = table[(table.mechanism == mechanism) & table.counted.str.startswith(counted_prefix) & (table.num_layers == n)]
+    assert len(rows) == 1
+    return int(rows.params.iloc[0])
+
+
+@pytest.mark.parametrize(
+    "mechanism,counted,small,large",
+    [
+        ("DAAMv1", "DAAM module", 16_384, 81_920),
+        ("DAAMv2", "DAAM module", 2_048, 10_240),
+        ("Mixture of DAAM", "module (", 64, 64),
+        ("DAAMv1", "DAAM + 2 convs", 238_104, 451_112),
+        ("DAAMv2", "DAAM + 2 convs", 223_768, 379_432),
+        ("GQDAAM", "DAAM + Linear", 1_223_192, 3_533_352),
+        ("GQA", "Linear", 1_206_808, 3_451_432),
+        ("MHA", "MHA(d) + 2", 4_198_400 + 221_720, 104_878_080 + 369_192),
+        ("MHA -> BN", "MHA(d) + Batch", 4_198_400 + 48 + 221_720, 104_878_080 + 80 + 369_192),
+        ("conv head only", "2 convs", 221_720, 369_192),
+    ],
+)
+def test_counts(table, mechanism, counted, small, large):
+    assert _count(table, mechanism, counted, 24) == small
+    assert _count(table, mechanism, counted, 40) == large
+
+
+def test_published_comparison(table):
+    gq = table[(table.mechanism == "GQDAAM") & (table.num_layers == 40)].iloc[0]
+    assert gq.published == "3.55" and gq.difference_M == pytest.approx(3.533352 - 3.55)
+    assert not gq.matches  # the published 3.55M does not follow from the released architecture
+    gq_small = table[(table.mechanism == "GQDAAM") & (table.num_layers == 24)].iloc[0]
+    assert gq_small.published == "1.21" and not gq_small.matches
+    daam = table[(table.mechanism == "DAAMv1") & table.counted.str.startswith("DAAM module")]
+    assert daam.matches.all()
+    mha = table[table.mechanism == "MHA"].iloc[0]
+    assert mha.published == "" and math.isnan(mha.published_M) and mha.matches is None
+
+
+@pytest.mark.parametrize("fmt,marker", [("markdown", "| mechanism"), ("csv", "mechanism,counted"), ("latex", "\\toprule")])
+def test_cli_formats(fmt, marker, capsys):
+    parser = argparse.ArgumentParser()
+    paramtable.add_arguments(parser)
+    assert paramtable.main(parser.parse_args(["--format", fmt])) == 0
+    out = capsys.readouterr().out
+    assert marker in out and ("1,223,192" in out or "1223192" in out)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--format", "html"])
