@@ -197,20 +197,19 @@ def slurm_states() -> dict[str, str] | None:
     return states
 
 
-def _local_alive(job: Job) -> bool:
-    process = getattr(job, "_process", None)
-    if process is not None:
+def _local_alive(pid: str, process: subprocess.Popen | None = None) -> bool:
+    if process is not None:  # submitted by this process: poll() also reaps it
         return process.poll() is None
     try:  # re-attached: only the pid is known; make sure it still is submitit's controller, not a reused pid
-        return b"submitit.local._local" in Path(f"/proc/{job.job_id}/cmdline").read_bytes()
-    except OSError:
+        return b"submitit.local._local" in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (OSError, ValueError):
         return False
 
 
-def _alive(kind: str, job_id: str, states: dict[str, str] | None) -> bool | None:
+def _alive(kind: str, job_id: str, states: dict[str, str] | None, process: subprocess.Popen | None = None) -> bool | None:
     """True: pending/running; False: gone or ended; None: unknown this round (squeue failed)."""
     if kind == "local":
-        return _local_alive(submitit.LocalJob(folder="/", job_id=job_id)) if job_id.isdigit() else False
+        return _local_alive(job_id, process)
     if states is None:
         return None
     state = states.get(job_id)
@@ -320,7 +319,7 @@ def _poll(tracked: list[Tracked], kind: str, outcome: Outcome, grace_s: float) -
             else:
                 outcome.failures.append(f"{t.name} (job {job.job_id}): {error}")
             continue
-        alive = _alive(kind, job.job_id, states)
+        alive = _alive(kind, job.job_id, states, getattr(job, "_process", None))
         t.state = (states or {}).get(job.job_id, "gone") if kind == "slurm" else ("running" if alive else "ended")
         if alive or alive is None:
             t.missing_since = None

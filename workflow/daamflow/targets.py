@@ -35,9 +35,16 @@ def dataset_tables(config: dict, dataset: str) -> list[str]:
     ]
 
 
+def vqvae_runs(config: dict) -> list[str]:
+    vq = config.get("vqvae", {})
+    return [f"{config['results_dir']}/vqvae/{v}/seed{s}/metrics.json" for v in vq.get("variants", []) for s in vq.get("seeds", [])]
+
+
 def all_targets(config: dict) -> list[str]:
     tables = path(TABLES, config)
     out = [f"{tables}/summary.md", f"{tables}/summary.json"]
     for name in config["datasets"]:
         out += dataset_tables(config, name)
+    if config.get("vqvae", {}).get("enabled"):
+        out += [f"{tables}/vqvae.csv", f"{tables}/vqvae.md", path(FIGURES, config) + "/vqvae_reconstructions.png"]
     return out

@@ -759,7 +759,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--out", type=Path, required=True, help="output folder of this run")
     train.add_argument("--preset", choices=sorted(PRESETS), default="blog",
                        help="starting hyper-parameters (blog: the DAAM blog's COCO setup; demo: tiny Fashion-MNIST)")
-    train.add_argument("--params-json", type=Path, help="JSON object of hyper-parameters applied over the preset")
+    train.add_argument("--params-json", help="hyper-parameters over the preset: a JSON object, inline or a file")
     train.add_argument("--device", default="cpu", help="torch device (default cpu)")
     train.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
@@ -783,10 +783,9 @@ def config_from_args(args: argparse.Namespace) -> VQVAEConfig:
     """Preset ← --params-json ← explicit hyper-parameter flags."""
     cfg = PRESETS[args.preset]
     if args.params_json is not None:
-        values = json.loads(Path(args.params_json).read_text())
-        if not isinstance(values, dict):
-            raise ValueError(f"--params-json {args.params_json} must hold a JSON object, got {type(values).__name__}")
-        cfg = VQVAEConfig.from_dict(values, cfg)
+        from .config import read_settings
+
+        cfg = VQVAEConfig.from_dict(read_settings(args.params_json), cfg)
     flags = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_") and v is not None}
     return VQVAEConfig.from_dict(flags, cfg)
 

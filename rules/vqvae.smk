@@ -1,0 +1,50 @@
+rule vqvae_train:
+    """Train one VQ-VAE (plain residual blocks, or Mixture-of-DAAM ones) and evaluate its reconstructions."""
+    output:
+        metrics=f"{R}/vqvae/{{variant}}/seed{{seed}}/metrics.json",
+        grid=f"{R}/vqvae/{{variant}}/seed{{seed}}/reconstructions.png",
+    params:
+        out=lambda w, output: os.path.dirname(output.metrics),
+        preset=config["vqvae"].get("preset", "demo"),
+        hyper=json.dumps(config["vqvae"].get("params", {}), sort_keys=True),
+    conda:
+        "../envs/daamflow.yaml"
+    log:
+        f"{R}/logs/vqvae/{{variant}}_seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/vqvae/{{variant}}_seed{{seed}}.tsv"
+    wildcard_constraints:
+        variant="plain|daam",
+        seed=r"\d+",
+    threads: config["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    shell:
+        "daamflow vqvae train --variant {wildcards.variant} --seed {wildcards.seed} --out {params.out}"
+        " --preset {params.preset} --params-json {params.hyper:q} --threads {threads} > {log} 2>&1"
+
+
+rule vqvae_table:
+    """Plain vs DAAM VQ-VAE: mean ± std over seeds of MSE, PSNR, SSIM, codebook perplexity and usage; a grid."""
+    input:
+        runs=targets.vqvae_runs(config),
+    output:
+        csv=f"{R}/tables/vqvae.csv",
+        md=f"{R}/tables/vqvae.md",
+        grid=f"{R}/figures/vqvae_reconstructions.png",
+    params:
+        runs=lambda w, input: [os.path.dirname(p) for p in input.runs],
+    conda:
+        "../envs/daamflow.yaml"
+    log:
+        f"{R}/logs/vqvae/table.log",
+    benchmark:
+        f"{R}/benchmarks/vqvae/table.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "daamflow vqvae table --runs {params.runs} --out-csv {output.csv} --out-md {output.md}"
+        " --grid-out {output.grid} > {log} 2>&1"
