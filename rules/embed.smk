@@ -25,7 +25,7 @@ rule embed:
         f"{R}/logs/embed/{{dataset}}_{{encoder}}.log",
     benchmark:
         f"{R}/benchmarks/embed/{{dataset}}_{{encoder}}.tsv"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=4000,
         runtime=60,

@@ -118,3 +118,9 @@ def test_failed_prepare_keeps_the_previous_output(tmp_path):
         prepare("wordnet", out, seed=0, categories=["noun.Tops"], per_class=1000)
     assert (out / "manifest.csv").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wn"]  # no temp folders left behind
+
+
+def test_missing_espeak_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match="apt-get install espeak-ng"):
+        prepare("espeak_prosody", tmp_path / "sp", seed=0, per_class_per_voice=1)

@@ -63,10 +63,11 @@ def test_image_features_and_layer_choice(encoder_dir, tmp_path):
 
 
 def test_masked_mean_excludes_masked_positions():
-    states = torch.zeros(1, 2, 3, 4)
-    states[0, :, 0], states[0, :, 1], states[0, :, 2] = 1.0, 3.0, 1000.0  # position 2 is padding
-    pooled = masked_mean(states, torch.tensor([[1, 1, 0]]))
-    assert pooled.shape == (1, 2, 4) and torch.equal(pooled, torch.full((1, 2, 4), 2.0))
+    states = torch.zeros(2, 3, 4)
+    states[:, 0], states[:, 1], states[:, 2] = 1.0, 3.0, 1000.0
+    pooled = masked_mean(states.to(torch.bfloat16), torch.tensor([[1, 1, 0], [1, 1, 1]]))  # row 0: position 2 pads
+    assert pooled.dtype == torch.float32 and pooled.shape == (2, 4)
+    assert torch.equal(pooled[0], torch.full((4,), 2.0)) and torch.equal(pooled[1], torch.full((4,), 1004 / 3))
 
 
 def test_mismatches_are_refused(encoder_dir, make_prepared, tmp_path):

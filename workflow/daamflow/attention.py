@@ -48,12 +48,12 @@ class _DAAMFunction(torch.autograd.Function):
     def forward(ctx, x4, delta, xi, eps, squared):  # type: ignore[override]
         n = x4.shape[2]
         s1 = x4.sum(2, keepdim=True)
-        # n * s; no fused multiply-add here: for n = 1 it must be exactly 0 (an FMA leaves the rounding error of x^2)
-        s_n = (x4 * x4).sum(2, keepdim=True).sub_(s1.square().mul_(1.0 / n))
-        r = s_n.abs().div_(n).add_(1e-8 + eps).rsqrt_()
+        # n * s; the subtraction must give exactly 0 for n = 1 (it does: alpha = 1/n = 1, no rounding of x^2 left)
+        s_n = (x4 * x4).sum(2, keepdim=True).sub_(s1.square(), alpha=1.0 / n)
+        r = torch.add(x4.new_tensor(1e-8 + eps), s_n.abs(), alpha=1.0 / n).rsqrt_()
         kappa = 0.5 / (xi * xi if squared else xi)
         neg_rk = r * -kappa.sqrt()
-        bias = torch.add(delta, s1, alpha=1.0 / n).mul_(neg_rk)  # -(mu + delta) r sqrt(kappa)
+        bias = torch.addcmul(delta * neg_rk, s1, neg_rk, value=1.0 / n)  # -(mu + delta) r sqrt(kappa)
         u = torch.addcmul(bias, x4, neg_rk, value=-1.0)
         gate = torch.addcmul(x4.new_zeros(()), u, u, value=-1.0).exp_()
         y = x4 * gate
@@ -73,7 +73,7 @@ class _DAAMFunction(torch.autograd.Function):
         sr = torch.sign(s_n).mul_(r)  # sign(s) r
         g_delta_n = p1 * (neg_rk * (-2.0 / n))  # g_delta / n
         beta = torch.addcmul(g_delta_n, sr * r * delta, p2, value=2.0 / n)
-        alpha = p2 * (sr * r / (neg_rk * (-0.5 * n)))
+        alpha = (sr * (2.0 / n / kappa.sqrt())).mul_(p2)  # 2 g_s / (n r sqrt(kappa))
         gx = torch.addcmul(beta, u, alpha).addcmul_(qu, neg_rk, value=2.0).addcmul_(gy, gate)
         g_kappa = -(p2.sum(0) / kappa)  # (H, 1, d)
         dkappa_dxi = -(2.0 * kappa / xi) if ctx.squared else -(2.0 * kappa * kappa)

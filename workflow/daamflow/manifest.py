@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 MANIFEST_COLUMNS = ["id", "label", "label_name", "group", "split"]
@@ -76,8 +77,9 @@ def validate_manifest(df: pd.DataFrame, modality: str, classes: list[str]) -> No
         raise ValueError(f"manifest ids are not unique, e.g. {dup.iloc[0]!r}")
     labels = df["label"].to_numpy()
     if labels.min() < 0 or labels.max() >= len(classes):
-        raise ValueError(f"labels must lie in 0..{len(classes) - 1} (classes {classes}), found {labels.min()}..{labels.max()}")
-    wrong_names = df[[classes[int(i)] != n for i, n in zip(df["label"], df["label_name"])]]
+        raise ValueError(f"labels must lie in 0..{len(classes) - 1} (classes {classes}), "
+                         f"found {labels.min()}..{labels.max()}")
+    wrong_names = df[np.asarray(classes, dtype=object)[labels] != df["label_name"].to_numpy()]
     if len(wrong_names):
         raise ValueError(f"label_name disagrees with classes[label] for id {wrong_names['id'].iloc[0]!r}")
     bad_split = set(df["split"]) - SPLITS

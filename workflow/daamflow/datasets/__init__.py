@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from daamflow.datasets import wordnet  # noqa: I001  (espeak imports wordnet: keep it first)
-from daamflow.datasets import espeak, fashion_mnist
+from daamflow.datasets import espeak, fashion_mnist, wordnet
 from daamflow.manifest import INPUT_COLUMN, MANIFEST_COLUMNS, atomic_dir, validate_manifest, write_json
 
 _MODULES = {"wordnet": wordnet, "fashion_mnist": fashion_mnist, "espeak_prosody": espeak}

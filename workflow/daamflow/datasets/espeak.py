@@ -79,7 +79,8 @@ def synthesise(text: str, voice: str, rate: int, pitch: int, amplitude: int, max
     """Speak ``text`` with espeak-ng and return 16 kHz mono int16 samples (truncated to ``max_seconds``)."""
     with tempfile.TemporaryDirectory(prefix="espeak-") as tmp:
         wav = Path(tmp) / "out.wav"
-        cmd = [_espeak(), "-v", voice, "-s", str(rate), "-p", str(pitch), "-a", str(amplitude), "-w", str(wav), "--stdin"]
+        cmd = [_espeak(), "-v", voice, "-s", str(rate), "-p", str(pitch), "-a", str(amplitude),
+               "-w", str(wav), "--stdin"]
         done = subprocess.run(cmd, input=text, capture_output=True, text=True)
         if done.returncode != 0 or not wav.is_file():
             raise RuntimeError(f"espeak-ng failed ({' '.join(cmd)}): {done.stderr.strip()}")

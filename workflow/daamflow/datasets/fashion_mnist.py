@@ -105,7 +105,8 @@ def build(work_dir: Path, seed: int, per_class_train: int, per_class_test: int, 
         for label, original in enumerate(chosen):
             members = np.flatnonzero(y == original)
             if len(members) < per_class:
-                raise ValueError(f"fashion_mnist: {split} has {len(members)} images of class {original}, asked {per_class}")
+                raise ValueError(
+                    f"fashion_mnist: {split} has {len(members)} images of class {original}, asked {per_class}")
             picked = np.sort(rng.choice(members, size=per_class, replace=False))
             images.append(x[picked])
             rows += [(f"fmnist-{split}-{i:05d}", label, CLASS_NAMES[original], split) for i in picked]

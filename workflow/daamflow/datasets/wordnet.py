@@ -67,7 +67,8 @@ def build(work_dir: Path, seed: int, categories: list[str], per_class: int, min_
         pool = glosses[(glosses["category"] == name) & (glosses["gloss"].str.len() >= min_chars)]
         if len(pool) < per_class:
             raise ValueError(
-                f"wordnet: category {name} has only {len(pool)} glosses of >= {min_chars} chars; lower per_class={per_class}"
+                f"wordnet: category {name} has only {len(pool)} glosses of >= {min_chars} chars; "
+                f"lower per_class={per_class}"
             )
         picked = pool.iloc[np.sort(rng.choice(len(pool), size=per_class, replace=False))]
         parts.append(pd.DataFrame({
