@@ -16,7 +16,10 @@ from typing import Any
 import jsonschema
 import yaml
 
-SOURCE_MODALITY = {"wordnet": "text", "fashion_mnist": "image", "espeak_prosody": "audio"}
+SOURCE_MODALITY = {
+    "wordnet": "text", "fashion_mnist": "image", "espeak_prosody": "audio",
+    "iemocap": "audio", "cifar100": "image", "agnews": "text",
+}
 
 # The paper's hyper-parameters (dossier §5). Where paper and released code disagree the comment says which is used.
 PAPER_HYPER: dict[str, Any] = {
