@@ -27,6 +27,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/embed.smk"
 include: "rules/train.smk"
+include: "rules/importance.smk"
 include: "rules/vqvae.smk"
 include: "rules/report.smk"
 

@@ -8,8 +8,10 @@ For each shape, float32, DAAMv1 (8 heads):
   * fused     - daamflow.attention.DAAM (one autograd.Function with an analytic backward);
   * compiled  - opt-in (--compile): torch.compile of the vectorised formula, with its compile cost.
 The roofline is the unavoidable traffic (forward reads x and writes y; backward reads x and dy and writes dx:
-5 tensors of B*N*d float32) divided by the copy bandwidth measured here on a large tensor. Times are the minimum over
-``--repeats`` runs (the machine may be shared; the minimum is the least disturbed run).
+5 tensors of B*N*d float32) divided by the copy bandwidth measured here on a large tensor (same thread count).
+Times are the minimum over ``--repeats`` runs (the machine may be shared; the minimum is the least disturbed run).
+Besides wall time, the process CPU time is shown: on a shared machine with ``--threads 1`` it approximates the
+uncontended single-core time (the ratios use wall time).
 """
 from __future__ import annotations
 
@@ -54,19 +56,22 @@ def copy_bandwidth(repeats: int) -> float:
     """Bytes per second of a large tensor copy (read + write), well beyond the last-level cache."""
     src = torch.ones(64 * 2**20)  # 256 MiB
     dst = torch.empty_like(src)
-    best = min(_time(lambda: dst.copy_(src)) for _ in range(repeats))
+    best = min(_time(lambda: dst.copy_(src))[0] for _ in range(repeats))
     return 2 * src.numel() * src.element_size() / best
 
 
-def _time(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def _time(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def bench(step: Callable[[], object], repeats: int) -> float:
+def bench(step: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Minimum wall and minimum CPU time over ``repeats`` calls after one warm-up call."""
     step()  # warm-up (allocator, first-call dispatch)
-    return min(_time(step) for _ in range(repeats))
+    runs = [_time(step) for _ in range(repeats)]
+    return min(r[0] for r in runs), min(r[1] for r in runs)
 
 
 def main() -> None:
@@ -106,13 +111,13 @@ def main() -> None:
         roofline = 5 * x.numel() * x.element_size() / bandwidth
         times = {name: bench(fn, args.repeats) for name, fn in variants.items()}
         if compiled is not None:
-            first = _time(step(lambda: compiled(x, delta, xi, HEADS)))
+            first = _time(step(lambda: compiled(x, delta, xi, HEADS)))[0]
             times["compiled"] = bench(step(lambda: compiled(x, delta, xi, HEADS)), args.repeats)
         print(f"\nshape {shape}: roofline {roofline * 1e3:.2f} ms (5 x {x.numel() * 4 / 1e6:.1f} MB)")
-        for name, seconds in times.items():
+        for name, (seconds, cpu) in times.items():
             print(
-                f"  {name:9s} {seconds * 1e3:8.2f} ms   loop/this {times['loop'] / seconds:6.1f}x   "
-                f"roofline/this {100 * roofline / seconds:5.1f} %"
+                f"  {name:9s} {seconds * 1e3:8.2f} ms (cpu {cpu * 1e3:8.2f} ms)   "
+                f"loop/this {times['loop'][0] / seconds:6.1f}x   roofline/this {100 * roofline / seconds:5.1f} %"
             )
         if compiled is not None:
             print(f"  compiled: first call (compile + run) {first:.1f} s")

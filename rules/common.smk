@@ -14,6 +14,7 @@ wildcard_constraints:
     encoder="|".join(ENCODERS),
     protocol="paper|clean",
     method="[a-z0-9_]+",
+    selection="high|low|random",
 
 
 def all_targets():
@@ -31,3 +32,8 @@ def launcher_json():
     launcher = dict(config["launcher"])
     launcher["log_dir"] = launcher["log_dir"] or f"{R}/logs/submitit"
     return json.dumps(launcher, sort_keys=True)
+
+
+def runs_of(wildcards, method):
+    """runs.csv of another method on the same dataset and protocol."""
+    return targets.run_table(config, wildcards.dataset, wildcards.protocol, method)

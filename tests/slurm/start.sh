@@ -15,6 +15,7 @@ mkdir -p "$D"/{state,spool,log,fakegpu,munge}
 chmod 755 "$D"
 [ -c "$D/fakegpu/nvidia0" ] || mknod "$D/fakegpu/nvidia0" c 195 0
 
+runuser -u munge -- test -x "$D" || { echo "start.sh: user munge cannot enter $D (a parent folder is private)" >&2; exit 2; }
 # munged refuses group/world-writable folders and a key it does not own: give it a private copy and folder
 install -o munge -g munge -m 700 -d "$D/munge"
 install -o munge -g munge -m 400 /etc/munge/munge.key "$D/munge/munge.key"

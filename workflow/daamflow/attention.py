@@ -54,7 +54,10 @@ class _DAAMFunction(torch.autograd.Function):
         kappa = 0.5 / (xi * xi if squared else xi)
         neg_rk = r * -kappa.sqrt()
         bias = torch.addcmul(delta * neg_rk, s1, neg_rk, value=1.0 / n)  # -(mu + delta) r sqrt(kappa)
-        u = torch.addcmul(bias, x4, neg_rk, value=-1.0)
+        if n == 1:  # x - mu is exactly 0: don't let FMA rounding of the two products leak a gradient into delta
+            u = (delta * neg_rk).expand(x4.shape).contiguous()
+        else:
+            u = torch.addcmul(bias, x4, neg_rk, value=-1.0)
         gate = torch.addcmul(x4.new_zeros(()), u, u, value=-1.0).exp_()
         y = x4 * gate
         ctx.save_for_backward(x4, y, gate, u, s_n, r, neg_rk, delta, kappa, xi)

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("daamflow.datacmds:EMBED", "encode a prepared dataset into the feature store (per-layer pooled X)"),
     "train": ("daamflow.train", "train one head on all folds/seeds of one (dataset, encoder, protocol, method)"),
     "report": ("daamflow.report", "tables (csv, md, tex), figures and summary.md from the run tables"),
+    "importance": ("daamflow.analysis", "IF maps and heatmaps, layer ablation choice, per-layer probes, correlations"),
     "vqvae": ("daamflow.vqvae", "VQ-VAE plain vs Mixture-of-DAAM: train one run, or combine runs into a table and grid"),
     "params": ("daamflow.paramtable", "print the paper's parameter table (Table 1) computed from the model registry"),
     "config": ("daamflow.configcmd", "validate a config and print the resolved settings of one stage"),

@@ -92,6 +92,15 @@ def validate_config(config: dict) -> dict:
         for key in ENCODER_REQUIRED[enc["kind"]]:
             if key not in enc:
                 problems.append(f"  - encoders.{name}.{key}: required for kind '{enc['kind']}'")
+    imp = config.get("importance", {})
+    if imp.get("enabled"):
+        for key, methods in [("method", [imp["method"]]), ("ablation_methods", imp["ablation_methods"])]:
+            missing = [m for m in methods if m not in config["methods"]]
+            if missing:
+                problems.append(f"  - importance.{key}: {missing} must also be listed in `methods` (their full runs are needed)")
+        for name in imp.get("k_per_dataset", {}):
+            if name not in config["datasets"]:
+                problems.append(f"  - importance.k_per_dataset.{name}: not a dataset of this config")
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(problems))
     return config

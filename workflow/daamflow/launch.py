@@ -77,6 +77,8 @@ class Resumable(submitit.helpers.Checkpointable):
         self.fn, self.max_requeues, self.requeues = fn, max_requeues, 0
 
     def __call__(self, **kwargs: Any) -> Any:
+        if not logging.getLogger().handlers:  # a fresh job process: let the library's messages reach the job log
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return self.fn(**kwargs)
 
     def checkpoint(self, **kwargs: Any) -> submitit.helpers.DelayedSubmission:

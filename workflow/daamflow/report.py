@@ -80,7 +80,7 @@ def protocol_table(runs: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index()
 
 
-def _display(table: pd.DataFrame) -> pd.DataFrame:
+def _display(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     """Human-readable copy: one decimal like the paper, mean ± std merged, counts with thousands separators."""
     shown = table.copy()
     for stat_mean in [c for c in shown.columns if c == "mean" or c.endswith("_mean")]:
@@ -95,14 +95,15 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
         if col.startswith("params"):
             shown[col] = shown[col].map(lambda v: f"{int(v):,}" if pd.notna(v) else "")
         elif shown[col].dtype.kind == "f":
-            shown[col] = shown[col].map(lambda v: f"{v:.1f}" if pd.notna(v) else "")
+            shown[col] = shown[col].map(lambda v: f"{v:.{digits}f}" if pd.notna(v) else "")
     return shown
 
 
-def write_table(table: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
-    """``stem``.csv (full precision), .md and .tex (rendered)."""
+def write_table(table: pd.DataFrame, stem: Path, caption: str, digits: int = 1) -> list[Path]:
+    """``stem``.csv (full precision), .md and .tex (rendered with ``digits`` decimals)."""
+    stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    shown = _display(table)
+    shown = _display(table, digits)
     md = f"**{caption}**\n\n" + shown.to_markdown(index=False) + "\n"
     tex = shown.to_latex(index=False, caption=caption, label=f"tab:{stem.name}")
     outputs = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".tex")]

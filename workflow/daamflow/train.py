@@ -225,6 +225,9 @@ def run_split(
     gaussians = heads.gaussian_parameters(model)
     if gaussians is not None:
         write_json(out_dir / "gaussians.json", gaussians)
+    weights = heads.layer_weights(model)
+    if weights is not None:  # weighted_sum: the learned softmax layer weights, compared with IF in the analyses
+        write_json(out_dir / "layer_weights.json", {"weights": weights.detach().cpu().tolist()})
     write_json(out_dir / "metrics.json", metrics)  # last: its presence marks the fold finished
     log.info("%s %s: best epoch %d (selection accuracy %.4f), test accuracy %.4f, macro-F1 %.4f",
              method, split.name, best["epoch"], best["accuracy"], metrics["accuracy"], metrics["macro_f1"])
@@ -314,7 +317,7 @@ def run_row(settings: dict, fold: str, metrics: dict, store_manifest: dict) -> d
         "dataset": settings["dataset"],
         "encoder": settings["encoder"],
         "protocol": settings["protocol"],
-        "method": settings["method"],
+        "method": settings.get("label", settings["method"]),  # e.g. daam_v1@high for an ablation
         "fold": fold,
         "seed": metrics["seed"],
         "accuracy": metrics["accuracy"],
@@ -339,6 +342,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--folds", default=None, help="comma-separated subset of folds/runs, e.g. fold1,fold3 (default all)")
+    p.add_argument("--layers-from", type=Path, default=None,
+                   help="layers.json from `daamflow importance map`: train on the layers of --selection only")
+    p.add_argument("--selection", choices=["high", "low", "random"], default=None,
+                   help="which layer set of --layers-from (the run is labelled <method>@<selection>)")
     p.add_argument("--launcher", default=None,
                    help="launcher JSON (inline or a file): {kind: inline|local|slurm, ...}; default: in this process")
 
@@ -346,6 +353,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     settings = read_settings(args.settings)
+    if (args.layers_from is None) != (args.selection is None):
+        raise SystemExit("--layers-from and --selection go together")
+    if args.layers_from is not None:
+        chosen = json.loads(args.layers_from.read_text())
+        settings = {**settings, "layers": chosen[args.selection], "label": f"{settings['method']}@{args.selection}"}
     only = args.folds.split(",") if args.folds else None
     launcher = read_settings(args.launcher) if args.launcher else None
     frame = train_all(args.features, settings, args.out, args.device, only, args.threads, launcher)

@@ -1,0 +1,160 @@
+rule importance_map:
+    """IF maps of the IF method's runs (per fold, mean ± std), Fig. 2 heatmap, Fig. 3 shares, the ablation's layers."""
+    input:
+        runs=lambda w: runs_of(w, config["importance"]["method"]),
+    output:
+        per_layer=f"{R}/importance/{{dataset}}/{{protocol}}/per_layer.csv",
+        layers=f"{R}/importance/{{dataset}}/{{protocol}}/layers.json",
+        heatmap=f"{R}/figures/{{dataset}}_{{protocol}}_if_heatmap.png",
+        bars=f"{R}/figures/{{dataset}}_{{protocol}}_if_layers.png",
+    params:
+        runs=lambda w, input: os.path.dirname(input.runs),
+        out=lambda w, output: os.path.dirname(output.layers),
+        k=lambda w: targets.importance_k(config, w.dataset),
+        seed=config["importance"].get("seed", 0),
+        title=lambda w: f"{w.dataset} ({w.protocol}, {config['importance']['method']})",
+    conda:
+        "../envs/daamflow.yaml"
+    log:
+        f"{R}/logs/importance/{{dataset}}_{{protocol}}_map.log",
+    benchmark:
+        f"{R}/benchmarks/importance/{{dataset}}_{{protocol}}_map.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "daamflow importance map --runs {params.runs} --out {params.out} --k {params.k} --seed {params.seed}"
+        " --heatmap {output.heatmap} --bars {output.bars} --title {params.title:q} > {log} 2>&1"
+
+
+rule ablate:
+    """Retrain a method on the high-IF, low-IF or random layers only (all folds/seeds); labelled <method>@<selection>."""
+    input:
+        unpack(features),
+        layers=f"{R}/importance/{{dataset}}/{{protocol}}/layers.json",
+    output:
+        runs=f"{R}/runs/{{dataset}}/{{encoder}}/{{protocol}}/{{method}}@{{selection}}/runs.csv",
+    params:
+        store=lambda w, input: os.path.dirname(input.features),
+        out=lambda w, output: os.path.dirname(output.runs),
+        settings=lambda w: settings_json(train_settings(config, w.dataset, w.method, w.protocol)),
+        launcher=launcher_json(),
+    wildcard_constraints:
+        selection="high|low|random",
+    conda:
+        "../envs/daamflow.yaml"
+    log:
+        f"{R}/logs/ablate/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}@{{selection}}.log",
+    benchmark:
+        f"{R}/benchmarks/ablate/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}@{{selection}}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    shell:
+        "daamflow train --features {params.store} --out {params.out} --settings {params.settings:q}"
+        " --layers-from {input.layers} --selection {wildcards.selection}"
+        " --threads {threads} --launcher {params.launcher:q} > {log} 2>&1"
+
+
+rule ablation_table:
+    """The paper's IF-ablation table: each ablation method on the high-IF / low-IF / random layers and on all layers."""
+    input:
+        runs=lambda w: targets.ablation_run_tables(config, w.dataset),
+        layers=expand(f"{R}/importance/{{{{dataset}}}}/{{protocol}}/layers.json", protocol=config["protocols"]),
+    output:
+        tables=multiext(f"{R}/tables/{{dataset}}_ablation", ".csv", ".md", ".tex"),
+    params:
+        stem=lambda w, output: output.tables[0][: -len(".csv")],
+        layers=lambda w, input: " ".join(f"{p}={f}" for p, f in zip(config["protocols"], input.layers)),
+    conda:
+        "../envs/daamflow.yaml"
+    log:
+        f"{R}/logs/importance/{{dataset}}_ablation.log",
+    benchmark:
+        f"{R}/benchmarks/importance/{{dataset}}_ablation.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "daamflow importance ablation --runs {input.runs} --layers {params.layers} --out-table {params.stem}"
+        " --title {wildcards.dataset} > {log} 2>&1"
+
+
+rule probe:
+    """A linear probe on each single layer, every fold/seed: the per-layer accuracy curve."""
+    input:
+        unpack(features),
+    output:
+        probe=f"{R}/probes/{{dataset}}/{{protocol}}/probe.csv",
+    params:
+        store=lambda w, input: os.path.dirname(input.features),
+        out=lambda w, output: os.path.dirname(output.probe),
+        settings=lambda w: settings_json(train_settings(config, w.dataset, "linear", w.protocol)),
+    conda:
+        "../envs/daamflow.yaml"
+    log:
+        f"{R}/logs/probe/{{dataset}}_{{protocol}}.log",
+    benchmark:
+        f"{R}/benchmarks/probe/{{dataset}}_{{protocol}}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    shell:
+        "daamflow importance probe --features {params.store} --settings {params.settings:q} --out {params.out}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule correlate:
+    """Per-layer IF against per-layer probe accuracy (Spearman per fold and mean), with the weighted-sum weights."""
+    input:
+        per_layer=f"{R}/importance/{{dataset}}/{{protocol}}/per_layer.csv",
+        probe=f"{R}/probes/{{dataset}}/{{protocol}}/probe.csv",
+        weights=lambda w: runs_of(w, "weighted_sum") if "weighted_sum" in config["methods"] else [],
+    output:
+        tables=multiext(f"{R}/tables/{{dataset}}_{{protocol}}_if_probe", ".csv", ".md", ".tex"),
+        figure=f"{R}/figures/{{dataset}}_{{protocol}}_if_probe.png",
+    params:
+        probes=lambda w, input: os.path.dirname(input.probe),
+        weights=lambda w, input: f"--weights-runs {os.path.dirname(input.weights)}" if input.weights else "",
+        stem=lambda w, output: output.tables[0][: -len(".csv")],
+        title=lambda w: f"{w.dataset} ({w.protocol})",
+    conda:
+        "../envs/daamflow.yaml"
+    log:
+        f"{R}/logs/importance/{{dataset}}_{{protocol}}_correlate.log",
+    benchmark:
+        f"{R}/benchmarks/importance/{{dataset}}_{{protocol}}_correlate.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "daamflow importance correlate --per-layer {input.per_layer} --probes {params.probes} {params.weights}"
+        " --out-table {params.stem} --figure {output.figure} --title {params.title:q} > {log} 2>&1"
+
+
+rule learned_parameters:
+    """The ranges of the learned δ (mean offset) and ξ (scaled variance) of every DAAM run."""
+    input:
+        runs=[f"{d}/runs.csv" for d in targets.daam_run_dirs(config)],
+    output:
+        tables=multiext(f"{R}/tables/learned_parameters", ".csv", ".md", ".tex"),
+    params:
+        runs=lambda w, input: [os.path.dirname(p) for p in input.runs],
+        stem=lambda w, output: output.tables[0][: -len(".csv")],
+    conda:
+        "../envs/daamflow.yaml"
+    log:
+        f"{R}/logs/importance/learned_parameters.log",
+    benchmark:
+        f"{R}/benchmarks/importance/learned_parameters.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "daamflow importance ranges --runs {params.runs} --out-table {params.stem} > {log} 2>&1"

@@ -1,0 +1,536 @@
+"""LoRA / LoRA+ baselines: peft adapters on the encoder itself plus a pooled linear head (DESIGN §4, dossier §4.4-4.5).
+
+One call fine-tunes every fold/seed of one (dataset, encoder, protocol, method) from the *prepared data* (not the
+feature cache), with the heads' folds (``folds.make_splits`` over the manifest's label/group/split), protocols and run
+contract (``train.py``): ``<out>/<fold>/metrics.json`` (train.py's keys and a few more), ``history.csv``,
+``predictions.csv``, ``checkpoint.pt`` (adapters + head + optimiser, written after every epoch; a restart resumes at
+the next epoch and ends with the uninterrupted numbers), ``model.pt`` (the selected adapter and head weights only) and
+``<out>/runs.csv`` (``train.run_row``), so the runs land in every table.
+
+Methods: ``lora_r<r>`` and ``loraplus_r<r>`` (LoRA+ through ``peft.optimizers.create_loraplus_optimizer``). The model
+is the frozen encoder with adapters on the configured target modules and a linear head on the masked mean of the last
+hidden state (the pooling rule of ``daamflow.embed``). The released code's bugs are switches (``finetune.quirks``),
+off by default; the suffix ``@released`` (``lora_r4@released``) turns all of them on and adds the ``finetune.released``
+hyper-parameters, so the tables can show both. Quirk settings are part of the settings hash: they are distinct runs.
+
+This module is imported when Snakemake parses the rules (``finetune_settings``, ``METHOD_PATTERN``), so torch, peft
+and transformers are imported inside the functions that need them.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import read_settings, training_hyper
+
+log = logging.getLogger(__name__)
+
+METHOD_PATTERN = r"(lora|loraplus)_r[1-9][0-9]*(@released)?"  # the Snakemake wildcard constraint of rule finetune
+RELEASED = "released"
+QUIRKS = ("alpha_scaling", "released_targets", "released_init", "frozen_head", "loraplus_head_outside_optimiser")
+# Adapted modules per encoder model_type. The paper fine-tunes "the query and key projections". WavLM's attention
+# passes its q/k/v/out projection weights straight to F.multi_head_attention_forward, so adapters there would never
+# receive a gradient: its feed-forward layers are adapted instead.
+DEFAULT_TARGETS = {
+    "wavlm": ["feed_forward.intermediate_dense", "feed_forward.output_dense"],
+    "beit": ["query", "key"],
+    "llama": ["q_proj", "k_proj"],
+    "bert": ["query", "key"],
+}
+# The released scripts' targets: query and value (on WavLM these are inert, as its hooks were).
+RELEASED_TARGETS = {
+    "wavlm": ["q_proj", "v_proj"],
+    "beit": ["query", "value"],
+    "llama": ["q_proj", "v_proj"],
+    "bert": ["query", "value"],
+}
+# What the released heads left at random initialisation, by modality (dossier §4.4): WavLMForSequenceClassification's
+# 256-wide projector (its classifier trained), LlamaForSequenceClassification's whole `score` head, nothing for BEiT.
+RELEASED_FROZEN_HEAD = {"audio": "projector", "text": "all", "image": "none"}
+RELEASED_PROJECTOR = 256
+HEAD_INIT_STD = 0.02  # transformers' initializer_range: how the released (HF) heads were initialised
+
+
+def parse_method(method: str) -> tuple[bool, int, bool]:
+    """``"loraplus_r8@released"`` → (LoRA+?, rank, released quirks?); ValueError for anything else."""
+    if not re.fullmatch(METHOD_PATTERN, method):
+        raise ValueError(
+            f"fine-tuning method {method!r} is not lora_r<rank> or loraplus_r<rank>, optionally with '@{RELEASED}' "
+            f"(e.g. lora_r4, loraplus_r8@released)"
+        )
+    base, _, suffix = method.partition("@")
+    kind, rank = base.split("_r")
+    return kind == "loraplus", int(rank), suffix == RELEASED
+
+
+def finetune_settings(config: dict, dataset: str, method: str, protocol: str) -> dict:
+    """Everything one `daamflow finetune` job needs besides its paths; hashed into every run it writes.
+
+    Hyper-parameters: the dataset's head settings (``config.training_hyper``) < ``finetune.training`` (defaults, then
+    the dataset's modality) < for ``@released`` runs ``finetune.released.training``. ``method`` is the base name;
+    ``label`` (``lora_r4@released``, the name in runs.csv) is present only for ``@released`` runs.
+    """
+    plus, rank, released = parse_method(method)
+    ds, ft = config["datasets"][dataset], config["finetune"]
+    modality = ds["modality"]
+    hyper = training_hyper(config, dataset)
+    blocks = [ft["training"]] + ([ft["released"]["training"]] if released else [])
+    for block in blocks:
+        hyper.update(block.get("defaults", {}))
+        hyper.update(block.get("by_modality", {}).get(modality, {}))
+    quirks = dict.fromkeys(QUIRKS, True) if released else {q: bool(ft["quirks"][q]) for q in QUIRKS}
+    if not plus:  # no LoRA+ optimiser, nothing to leave out of it: keep the hash of equivalent runs equal
+        quirks["loraplus_head_outside_optimiser"] = False
+    targets = {**RELEASED_TARGETS, **ft["released_targets"]} if quirks["released_targets"] else {**DEFAULT_TARGETS, **ft["targets"]}
+    max_length = (released and ft["released"]["max_length"]) or ft["max_length"] or ds.get("embed", {}).get("max_length")
+    settings = {
+        "dataset": dataset,
+        "encoder": ds["encoder"],
+        "method": method.partition("@")[0],
+        "protocol": protocol,
+        "seed": config["seed"],
+        "evaluation": ds["evaluation"],
+        "hyper": hyper,
+        "finetune": {
+            "modality": modality,
+            "rank": rank,
+            "alpha": ft["alpha"],
+            "dropout": ft["dropout"],
+            "loraplus_lr_ratio": ft["loraplus_lr_ratio"] if plus else None,
+            "targets": targets,
+            "max_length": max_length,
+            "quirks": quirks,
+        },
+    }
+    if released:
+        settings["label"] = method
+    return settings
+
+
+# ----------------------------------------------------------------------------------------------------------- model
+def build_model(encoder_dir: Path | str, settings: dict, num_classes: int, dtype=None):
+    """The frozen encoder with peft LoRA adapters (``model["encoder"]``) and the linear head (``model["head"]``).
+
+    Seeded by the caller; ``dtype`` is the frozen encoder weights' dtype (adapters and head stay float32).
+    Returns (model, base encoder, resolved target list).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    ft = settings["finetune"]
+    base = AutoModel.from_pretrained(encoder_dir, dtype=dtype or torch.float32)
+    model_type = base.config.model_type
+    if model_type not in ft["targets"]:
+        raise ValueError(
+            f"no LoRA target modules for encoder model_type {model_type!r} ({encoder_dir}); set "
+            f"finetune.{'released_targets' if ft['quirks']['released_targets'] else 'targets'}.{model_type} "
+            f"(known: {sorted(ft['targets'])})"
+        )
+    targets = ft["targets"][model_type]
+    rank, quirks = ft["rank"], ft["quirks"]
+    lora = LoraConfig(
+        r=rank,
+        # peft scales the update by lora_alpha / r; the released code scaled it by α
+        lora_alpha=ft["alpha"] * rank if quirks["alpha_scaling"] else ft["alpha"],
+        target_modules=targets,
+        lora_dropout=ft["dropout"],
+        bias="none",
+    )
+    try:
+        encoder = get_peft_model(base, lora)  # freezes every encoder weight
+    except ValueError as err:
+        raise ValueError(f"LoRA targets {targets} for {model_type} ({encoder_dir}): {err}") from err
+    if quirks["released_init"]:  # the released LoRALayer: A ~ N(0, 1)/sqrt(r), B = 0 (peft's B is 0 already)
+        for name, param in encoder.named_parameters():
+            if "lora_A" in name:
+                torch.nn.init.normal_(param, std=rank ** -0.5)
+    head = _head(base.config.hidden_size, num_classes, ft["modality"], quirks["frozen_head"])
+    return torch.nn.ModuleDict({"encoder": encoder, "head": head}), base, targets
+
+
+def _head(width: int, num_classes: int, modality: str, frozen_head: bool):
+    import torch.nn as nn
+
+    frozen = RELEASED_FROZEN_HEAD[modality] if frozen_head else "none"
+    if frozen == "projector":  # pooled → projector (frozen) → classifier; HF projects before pooling, the same map
+        head = nn.Sequential(nn.Linear(width, RELEASED_PROJECTOR), nn.Linear(RELEASED_PROJECTOR, num_classes))
+    else:
+        head = nn.Sequential(nn.Linear(width, num_classes))
+    for layer in head:
+        nn.init.normal_(layer.weight, std=HEAD_INIT_STD)
+        nn.init.zeros_(layer.bias)
+    if frozen == "projector":
+        head[0].requires_grad_(False)
+    elif frozen == "all":
+        head.requires_grad_(False)
+    return head
+
+
+def make_optimiser(model, settings: dict):
+    """AdamW over the trainable adapters and head; LoRA+: peft's optimiser (η for A, λη for B and 1-d params)."""
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    hp, ft = settings["hyper"], settings["finetune"]
+    if ft["loraplus_lr_ratio"] is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
+    # the released LoRA+ scripts built their parameter groups from the adapters only: the head never trained
+    scope = model["encoder"] if ft["quirks"]["loraplus_head_outside_optimiser"] else model
+    if scope is model["encoder"]:
+        model["head"].requires_grad_(False)  # the same outcome without computing gradients nobody applies
+    return create_loraplus_optimizer(
+        scope, torch.optim.AdamW, lr=hp["lr"], loraplus_lr_ratio=ft["loraplus_lr_ratio"],
+        loraplus_weight_decay=hp["weight_decay"],
+    )
+
+
+def optimised(optimiser) -> set[int]:
+    """ids of the parameters the optimiser updates."""
+    return {id(p) for group in optimiser.param_groups for p in group["params"]}
+
+
+def parameter_counts(model, optimiser) -> dict:
+    """Trained parameters (those the optimiser updates): adapters + head, and their parts; the frozen encoder size."""
+    ids = optimised(optimiser)
+    adapters = [p for n, p in model["encoder"].named_parameters() if "lora_" in n]
+    trained_adapters = sum(p.numel() for p in adapters if id(p) in ids)
+    trained_head = sum(p.numel() for p in model["head"].parameters() if id(p) in ids)
+    return {
+        "params": trained_adapters + trained_head,
+        "params_without_classifier": trained_adapters,
+        "adapter_params": sum(p.numel() for p in adapters),
+        "head_params": sum(p.numel() for p in model["head"].parameters()),
+        "head_trained_params": trained_head,
+        "encoder_params": sum(p.numel() for n, p in model["encoder"].named_parameters() if "lora_" not in n),
+    }
+
+
+def adapter_state(model) -> dict:
+    """The weights that are not the frozen encoder's: every adapter tensor and the whole head (CPU copies)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if "lora_" in k or k.startswith("head.")}
+
+
+def load_adapter_state(model, state: dict) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    absent = [k for k in missing if "lora_" in k or k.startswith("head.")]
+    if unexpected or absent:
+        raise RuntimeError(f"adapter state does not fit the model: unexpected {unexpected[:5]}, missing {absent[:5]}")
+
+
+class Inputs:
+    """Batches of prepared samples for a model, with embed's batchers (processor, padding, the pooling mask)."""
+
+    def __init__(self, data_dir: Path, df, modality: str, base, encoder_dir: Path, max_length: int | None):
+        from .embed import _AudioBatcher, _ImageBatcher, _TextBatcher
+        from .encoders import load_processor
+
+        processor = load_processor(encoder_dir, modality)
+        batcher = {"text": _TextBatcher, "audio": _AudioBatcher, "image": _ImageBatcher}[modality]
+        self.batcher = batcher(df, data_dir, base, processor, max_length if modality == "text" else None)
+
+    def logits(self, model, rows: np.ndarray, dev, dtype):
+        """Encoder → masked mean of the last hidden state (embed's rule) → head."""
+        from .embed import _to, masked_mean
+
+        inputs, sample_mask = self.batcher.batch(rows)
+        hidden = model["encoder"](**{k: _to(v, dev, dtype) for k, v in inputs.items()}).last_hidden_state
+        pooled = masked_mean(hidden, self.batcher.token_mask(sample_mask, hidden).to(dev))
+        return model["head"](pooled)
+
+
+# -------------------------------------------------------------------------------------------------------- training
+def _seed_everything(seed: int) -> None:
+    """torch and numpy's global generators (dropout, WavLM's layer drop and time masking draw from them)."""
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _predict(model, inputs: Inputs, rows: np.ndarray, batch_size: int, dev, dtype, use_amp: bool) -> np.ndarray:
+    import torch
+
+    model.eval()
+    preds = []
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+        for start in range(0, len(rows), batch_size):
+            preds.append(inputs.logits(model, rows[start:start + batch_size], dev, dtype).argmax(dim=1).cpu())
+    return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+
+
+def _without_gradient(model) -> list[str]:
+    """Adapter tensors whose gradient is missing or zero after a backward pass."""
+    return [n for n, p in model["encoder"].named_parameters()
+            if "lora_" in n and p.requires_grad and (p.grad is None or not bool(p.grad.any()))]
+
+
+def run_split(
+    data_dir: Path | str,
+    encoder_dir: Path | str,
+    split,
+    settings: dict,
+    out_dir: Path | str,
+    device: str = "auto",
+    stop_after_epoch: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune, select and test one fold/seed (a ``folds.Split``); resumable from ``out_dir/checkpoint.pt``."""
+    import pandas as pd
+    import torch
+    import torch.nn.functional as F
+    from sklearn.metrics import confusion_matrix, f1_score
+    from tqdm import tqdm
+
+    from .atomic import atomic_write, write_csv, write_json
+    from .embed import _resolve_device
+    from .encoders import read_encoder_info
+    from .manifest import read_prepared, sha256_file
+    from .train import Interrupted, focal_loss, resolve_device, settings_hash, versions
+
+    data_dir, encoder_dir, out_dir = Path(data_dir), Path(encoder_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hp, ft, method = settings["hyper"], settings["finetune"], settings.get("label", settings["method"])
+    digest = settings_hash(settings)
+    dev = resolve_device(device)
+    use_amp = hp["amp"] == "auto" and dev.type == "cuda"
+    dtype = _resolve_device(str(dev))[1] if use_amp else torch.float32  # a frozen encoder can sit in bf16
+    df, meta = read_prepared(data_dir)
+    labels = df["label"].to_numpy()
+    num_classes = len(meta["classes"])
+
+    torch.manual_seed(split.seed)
+    model, base, targets = build_model(encoder_dir, settings, num_classes, dtype)
+    model.to(dev)
+    inputs = Inputs(data_dir, df, ft["modality"], base, encoder_dir, ft["max_length"])
+    optimiser = make_optimiser(model, settings)
+    trained = optimised(optimiser)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimiser, mode="max", factor=hp["scheduler_factor"], patience=hp["scheduler_patience"]
+    )
+
+    start_epoch, history, best, no_grad = 1, [], {"accuracy": -1.0, "epoch": 0, "state": None}, None
+    ckpt_path = out_dir / "checkpoint.pt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        if ckpt.get("settings_hash") == digest:
+            load_adapter_state(model, ckpt["model"])
+            optimiser.load_state_dict(ckpt["optimiser"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            start_epoch, history, best, no_grad = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"], ckpt["no_grad"]
+            log.info("%s: resuming at epoch %d from %s", split.name, start_epoch, ckpt_path)
+        else:
+            log.warning("%s: checkpoint was written with other settings; starting over", split.name)
+
+    t0 = time.perf_counter()
+    bar = tqdm(range(start_epoch, hp["epochs"] + 1), desc=f"{method}/{split.name}", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        _seed_everything(split.seed * 100_003 + epoch)  # per epoch, so a resumed run draws what a full run draws
+        gen = torch.Generator().manual_seed(split.seed * 100_003 + epoch)
+        order = split.train[torch.randperm(len(split.train), generator=gen).numpy()]
+        total, seen = 0.0, 0
+        for start in range(0, len(order), hp["batch_size"]):
+            rows = order[start:start + hp["batch_size"]]
+            y = torch.from_numpy(labels[rows]).to(dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = inputs.logits(model, rows, dev, dtype)
+            logits = logits.float()
+            if hp["loss"] == "focal":
+                loss = focal_loss(logits, y, hp["focal_alpha"], hp["focal_gamma"])
+            else:
+                loss = F.cross_entropy(logits, y)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            if no_grad is None:
+                no_grad = _without_gradient(model)
+                if no_grad:
+                    log.warning("%s: %d adapter tensors got no gradient (e.g. %s): their module's weight is read "
+                                "without calling it (WavLM's fused attention reads q/k/v weights directly)",
+                                split.name, len(no_grad), no_grad[0])
+            if hp.get("grad_clip"):
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if id(p) in trained], hp["grad_clip"])
+            optimiser.step()
+            total += loss.item() * len(rows)
+            seen += len(rows)
+        pred = _predict(model, inputs, split.select, hp["batch_size"], dev, dtype, use_amp)
+        acc = float((pred == labels[split.select]).mean())
+        scheduler.step(acc)
+        history.append(
+            {"epoch": epoch, "train_loss": total / max(seen, 1), "select_accuracy": acc, "lr": optimiser.param_groups[0]["lr"]}
+        )
+        if acc > best["accuracy"]:  # strict, as train.py: the earliest best epoch wins
+            best = {"accuracy": acc, "epoch": epoch, "state": adapter_state(model)}
+        bar.set_postfix(loss=f"{total / max(seen, 1):.3f}", sel=f"{acc:.3f}")
+        state = {
+            "epoch": epoch, "model": adapter_state(model), "optimiser": optimiser.state_dict(),
+            "scheduler": scheduler.state_dict(), "history": history, "best": best, "no_grad": no_grad,
+            "settings_hash": digest,
+        }
+        atomic_write(ckpt_path, lambda p: torch.save(state, p))
+        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < hp["epochs"]:
+            raise Interrupted(f"{split.name}: stopped after epoch {epoch} (checkpoint saved)")
+
+    load_adapter_state(model, best["state"])
+    atomic_write(out_dir / "model.pt", lambda p: torch.save(best["state"], p))
+    pred = _predict(model, inputs, split.test, hp["batch_size"], dev, dtype, use_amp)
+    truth = labels[split.test]
+    info = read_encoder_info(encoder_dir)
+    metrics = {
+        "accuracy": float((pred == truth).mean()),
+        "macro_f1": float(f1_score(truth, pred, average="macro", labels=list(range(num_classes)), zero_division=0)),
+        "confusion": confusion_matrix(truth, pred, labels=list(range(num_classes))).tolist(),
+        "support": np.bincount(truth, minlength=num_classes).tolist(),
+        "best_epoch": best["epoch"],
+        "select_accuracy": best["accuracy"],
+        "epochs_run": len(history),
+        "seed": split.seed,
+        "split": split.as_dict(),
+        "selection": "test" if settings["protocol"] == "paper" else "dev",
+        "wall_time_s": time.perf_counter() - t0,
+        **parameter_counts(model, optimiser),
+        "layers": None,
+        "target_modules": targets,
+        "adapters_without_gradient": no_grad or [],
+        "encoder_model_type": base.config.model_type,
+        "encoder_weights_sha256": info["weights"],
+        "data_sha256": sha256_file(data_dir / "manifest.csv"),
+        "settings": settings,
+        "settings_hash": digest,
+        "device": str(dev),
+        "versions": {**versions(), **_library_versions()},
+    }
+    write_csv(out_dir / "history.csv", pd.DataFrame(history))
+    write_csv(out_dir / "predictions.csv", pd.DataFrame({"id": df["id"].to_numpy()[split.test], "label": truth, "pred": pred}))
+    write_json(out_dir / "metrics.json", metrics)  # last: its presence marks the fold finished
+    log.info("%s %s: best epoch %d (selection accuracy %.4f), test accuracy %.4f, macro-F1 %.4f",
+             method, split.name, best["epoch"], best["accuracy"], metrics["accuracy"], metrics["macro_f1"])
+    return metrics
+
+
+def _library_versions() -> dict:
+    import peft
+    import transformers
+
+    return {"peft": peft.__version__, "transformers": transformers.__version__}
+
+
+def splits_of(data_dir: Path | str, settings: dict) -> list:
+    """The folds/seeded runs of a prepared dataset: the heads' ``make_splits`` over its manifest."""
+    from .folds import make_splits
+    from .manifest import read_prepared
+
+    df, _ = read_prepared(data_dir)
+    return make_splits(df["label"].to_numpy(), df["group"].to_numpy(), df["split"].to_numpy(), settings["evaluation"],
+                       settings["protocol"], settings["seed"], settings["hyper"]["dev_fraction"])
+
+
+def run_fold(data_dir: Path | str, encoder_dir: Path | str, settings: dict, out_dir: Path | str, fold: str,
+             device: str = "auto", threads: int = 1) -> dict:
+    """Run (or resume, or reuse) one fold/seed; a top-level function so that launchers can ship it to a worker."""
+    import torch
+
+    from .train import finished, settings_hash
+
+    torch.set_num_threads(threads)
+    split = {s.name: s for s in splits_of(data_dir, settings)}[fold]
+    fold_dir = Path(out_dir) / fold
+    metrics = finished(fold_dir, settings_hash(settings))
+    if metrics is not None:
+        log.info("%s: finished earlier with the same settings; reused", fold)
+        return metrics
+    return run_split(data_dir, encoder_dir, split, settings, fold_dir, device, progress=False)
+
+
+def finetune_all(
+    data_dir: Path | str,
+    encoder_dir: Path | str,
+    settings: dict,
+    out_dir: Path | str,
+    device: str = "auto",
+    only: list[str] | None = None,
+    threads: int = 1,
+    launcher: dict | None = None,
+):
+    """Run every fold/seed (or those in ``only``) and write ``out_dir/runs.csv``; finished folds are reused.
+
+    ``launcher`` (see daamflow.launch) sends the unfinished folds out as one job array; by default they run here.
+    """
+    import pandas as pd
+
+    from .atomic import write_csv, write_json
+    from .encoders import read_encoder_info
+    from .manifest import read_prepared
+    from .train import finished, run_row, settings_hash
+
+    data_dir, encoder_dir, out_dir = Path(data_dir), Path(encoder_dir), Path(out_dir)
+    _, meta = read_prepared(data_dir)
+    info = read_encoder_info(encoder_dir)
+    if info["modality"] != meta["modality"] or settings["finetune"]["modality"] != meta["modality"]:
+        raise ValueError(f"encoder {info['name']} takes {info['modality']} input, the settings say "
+                         f"{settings['finetune']['modality']}, but dataset {meta['source']} ({data_dir}) is {meta['modality']}")
+    splits = splits_of(data_dir, settings)
+    if only:
+        unknown = sorted(set(only) - {s.name for s in splits})
+        if unknown:
+            raise ValueError(f"unknown fold/run {unknown}; this dataset has {[s.name for s in splits]}")
+        splits = [s for s in splits if s.name in only]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "settings.json", settings)
+    digest = settings_hash(settings)
+    todo = [s.name for s in splits if finished(out_dir / s.name, digest) is None]
+    calls = [dict(data_dir=data_dir, encoder_dir=encoder_dir, settings=settings, out_dir=out_dir, fold=f,
+                  device=device, threads=threads) for f in todo]
+    if calls and launcher and launcher.get("kind", "inline") != "inline":
+        from .launch import run_calls
+
+        run_calls(run_fold, calls, launcher, out_dir)
+    else:
+        for kwargs in calls:
+            run_fold(**kwargs)
+    rows = []
+    for split in splits:
+        metrics = finished(out_dir / split.name, digest)
+        if metrics is None:  # a launcher that returned without the fold's metrics.json is a failure, never a success
+            raise RuntimeError(f"{split.name}: no finished metrics.json in {out_dir / split.name} after fine-tuning")
+        rows.append(run_row(settings, split.name, metrics, {}))  # no feature store: features_sha256 stays empty
+    frame = pd.DataFrame(rows)
+    write_csv(out_dir / "runs.csv", frame)
+    return frame
+
+
+# ------------------------------------------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, type=Path, help="prepared dataset folder (from `daamflow prepare`)")
+    p.add_argument("--encoder", required=True, type=Path, help="encoder folder (from `daamflow encoder`)")
+    p.add_argument("--out", required=True, type=Path, help="run directory: <out>/<fold>/… and <out>/runs.csv")
+    p.add_argument("--settings", required=True,
+                   help="JSON (inline or a file) from daamflow.finetune.finetune_settings: method, protocol, seed, "
+                        "evaluation, hyper, finetune")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--folds", default=None, help="comma-separated subset of folds/runs, e.g. fold1,fold3 (default all)")
+    p.add_argument("--launcher", default=None,
+                   help="launcher JSON (inline or a file): {kind: inline|local|slurm, ...}; default: in this process")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    settings = read_settings(args.settings)
+    if "finetune" not in settings:
+        raise SystemExit("--settings: no 'finetune' block; make the settings with daamflow.finetune.finetune_settings")
+    only = args.folds.split(",") if args.folds else None
+    launcher = read_settings(args.launcher) if args.launcher else None
+    frame = finetune_all(args.data, args.encoder, settings, args.out, args.device, only, args.threads, launcher)
+    log.info("%s/%s/%s: accuracy %s", settings["dataset"], settings["protocol"], settings.get("label", settings["method"]),
+             ", ".join(f"{a:.3f}" for a in frame["accuracy"]))
+    return 0
+
