@@ -6,12 +6,14 @@ For each shape, float32, DAAMv1 (8 heads):
   * loop      - the released code's way (one DAAM module per head, Python loop, torch autograd), written out here;
   * autograd  - the same formula vectorised over heads, differentiated by plain autograd;
   * fused     - daamflow.attention.DAAM (one autograd.Function with an analytic backward);
+  * fused-nodx - the same when the input needs no gradient (the training case: DAAM reads frozen features);
   * compiled  - opt-in (--compile): torch.compile of the vectorised formula, with its compile cost.
 The roofline is the unavoidable traffic (forward reads x and writes y; backward reads x and dy and writes dx:
-5 tensors of B*N*d float32) divided by the copy bandwidth measured here on a large tensor (same thread count).
+5 tensors of B*N*d float32; 4 without dx) divided by the copy bandwidth measured here on a large tensor (same thread
+count).
 Times are the minimum over ``--repeats`` runs (the machine may be shared; the minimum is the least disturbed run).
 Besides wall time, the process CPU time is shown: on a shared machine with ``--threads 1`` it approximates the
-uncontended single-core time (the ratios use wall time).
+uncontended single-core time, so the loop/this ratio is also given on CPU time.
 """
 from __future__ import annotations
 
@@ -107,6 +109,7 @@ def main() -> None:
             "loop": step(lambda: loop_daam(x, delta, xi, HEADS)),
             "autograd": step(lambda: vectorised_daam(x, delta, xi, HEADS)),
             "fused": step(lambda: module(x)),
+            "fused-nodx": step(lambda: module(x.detach())),
         }
         roofline = 5 * x.numel() * x.element_size() / bandwidth
         times = {name: bench(fn, args.repeats) for name, fn in variants.items()}
@@ -115,9 +118,11 @@ def main() -> None:
             times["compiled"] = bench(step(lambda: compiled(x, delta, xi, HEADS)), args.repeats)
         print(f"\nshape {shape}: roofline {roofline * 1e3:.2f} ms (5 x {x.numel() * 4 / 1e6:.1f} MB)")
         for name, (seconds, cpu) in times.items():
+            bound = roofline * (4 / 5 if name == "fused-nodx" else 1)  # no dx to write
             print(
-                f"  {name:9s} {seconds * 1e3:8.2f} ms (cpu {cpu * 1e3:8.2f} ms)   "
-                f"loop/this {times['loop'][0] / seconds:6.1f}x   roofline/this {100 * roofline / seconds:5.1f} %"
+                f"  {name:10s} {seconds * 1e3:8.2f} ms (cpu {cpu * 1e3:8.2f} ms)   "
+                f"loop/this {times['loop'][0] / seconds:5.1f}x (cpu {times['loop'][1] / cpu:5.1f}x)   "
+                f"roofline/this {100 * bound / seconds:5.1f} %"
             )
         if compiled is not None:
             print(f"  compiled: first call (compile + run) {first:.1f} s")

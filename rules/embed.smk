@@ -14,6 +14,7 @@ rule embed:
         batch_size=lambda w: config["datasets"][w.dataset]["embed"].get("batch_size", config["embed"]["batch_size"]),
         layers=config["embed"]["layers"],
         device=config["embed"]["device"],
+        dtype=config["embed"]["dtype"],
         max_length=lambda w: (
             f"--max-length {config['datasets'][w.dataset]['embed']['max_length']}"
             if config["datasets"][w.dataset]["embed"].get("max_length")
@@ -29,7 +30,10 @@ rule embed:
     resources:
         mem_mb=4000,
         runtime=60,
+    # worker count and progress-record size do not change the features: read from config in the command, not params
+    # (a changed param would rerun the extraction)
     shell:
         "daamflow embed --data {params.data} --encoder {params.encoder} --out {params.out}"
         " --batch-size {params.batch_size} --layers {params.layers} --device {params.device} {params.max_length}"
-        " --threads {threads} --no-progress > {log} 2>&1"
+        " --dtype {params.dtype} --threads {threads} --no-progress"
+        " --num-workers {config[embed][num_workers]} --shard-rows {config[embed][shard_rows]} > {log} 2>&1"

@@ -15,7 +15,8 @@ def table():
 
 
 def _count(table, mechanism, counted_prefix, n):
-    rows = table[(table.mechanism == mechanism) & table.counted.str.startswith(counted_prefix) & (table.num_layers == n)]
+    chosen = (table.mechanism == mechanism) & table.counted.str.startswith(counted_prefix) & (table.num_layers == n)
+    rows = table[chosen]
     assert len(rows) == 1
     return int(rows.params.iloc[0])
 
@@ -52,7 +53,9 @@ def test_published_comparison(table):
     assert mha.published == "" and math.isnan(mha.published_M) and mha.matches is None
 
 
-@pytest.mark.parametrize("fmt,marker", [("markdown", "| mechanism"), ("csv", "mechanism,counted"), ("latex", "\\toprule")])
+@pytest.mark.parametrize(
+    "fmt,marker", [("markdown", "| mechanism"), ("csv", "mechanism,counted"), ("latex", "\\toprule")]
+)
 def test_cli_formats(fmt, marker, capsys):
     parser = argparse.ArgumentParser()
     paramtable.add_arguments(parser)

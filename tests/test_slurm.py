@@ -27,6 +27,7 @@ MICRO = ROOT / "tests/slurm/micro.yaml"
 RUN = "runs/wordnet/minilm/paper/{method}"
 COMPARED = ["fold", "seed", "accuracy", "macro_f1", "best_epoch", "epochs_run", "params", "settings_hash"]
 
+pytestmark = pytest.mark.slow  # a few minutes on 2 cores
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the small job functions below travel by value
 
 

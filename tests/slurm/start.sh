@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start a single-node SLURM cluster whose every file lives in $1 (a scratch folder): munged on its own socket,
-# slurmctld -i (clean state) and slurmd, one node on 127.0.0.1 with this machine's CPUs and memory and one fake GPU.
+# slurmctld -i (clean state) and slurmd, one node on 127.0.0.1 with this machine's CPUs and memory and two fake GPUs.
 # Needs root and the Debian packages slurmctld slurmd slurm-client munge (scripts/setup-slurm.sh).
 # Prints `export SLURM_CONF=...` on success; clients need that variable. Stop with tests/slurm/stop.sh $1.
 set -euo pipefail
@@ -13,7 +13,7 @@ done
 
 mkdir -p "$D"/{state,spool,log,fakegpu,munge}
 chmod 755 "$D"
-[ -c "$D/fakegpu/nvidia0" ] || mknod "$D/fakegpu/nvidia0" c 195 0
+for i in 0 1; do [ -c "$D/fakegpu/nvidia$i" ] || mknod "$D/fakegpu/nvidia$i" c 195 $i; done
 
 runuser -u munge -- test -x "$D" || { echo "start.sh: user munge cannot enter $D (a parent folder is private)" >&2; exit 2; }
 # munged refuses group/world-writable folders and a key it does not own: give it a private copy and folder

@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 def _prepare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", required=True, help="dataset adapter: wordnet | fashion_mnist | espeak_prosody")
+    p.add_argument("--source", required=True, help="dataset adapter: iemocap | cifar100 | agnews | wordnet | fashion_mnist | espeak_prosody")
     p.add_argument("--out", required=True, type=Path, help="prepared dataset folder (manifest.csv, meta.json, inputs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--options", default="{}", help="adapter options as JSON (inline or a file), e.g. '{\"per_class\": 50}'")
@@ -50,6 +50,11 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
                    help="blocks: hidden_states[1:] as the paper; all: with the embedding output")
     p.add_argument("--max-length", type=int, default=None, help="text truncation length in tokens")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="compute dtype; auto: bfloat16 (or float16) on a GPU, float32 on a CPU")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader processes that decode input batches")
+    p.add_argument("--shard-rows", type=int, default=4096,
+                   help="rows between progress records: an interrupted run resumes from the last one")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
 
@@ -61,7 +66,8 @@ def _embed(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     embed(args.data, args.encoder, args.out, batch_size=args.batch_size, layers=args.layers, device=args.device,
-          max_length=args.max_length, progress=not args.no_progress)
+          max_length=args.max_length, dtype=args.dtype, num_workers=args.num_workers, shard_rows=args.shard_rows,
+          progress=not args.no_progress)
     log.info("features written to %s", args.out)
     return 0
 

@@ -5,56 +5,69 @@ only, so padding never changes a sample's features:
 - text: tokens with attention_mask 1 (incl. special tokens such as [CLS]/[SEP] or <s>); right padding, so a
   causal decoder's valid tokens keep their positions and never see a pad;
 - audio: the encoder's frames whose receptive field lies inside the clip (the frame mask the model derives from the
-  sample mask, ``_get_feature_vector_attention_mask``);
+  sample mask, ``_get_feature_vector_attention_mask``); a row with ``pad_to`` counts its zero padding as signal;
 - images: every token, the CLS token included (images are never padded).
+
+Pipeline (built for GPUs; the same code runs on a CPU): batches are formed from length-sorted samples
+(``daamflow.batching``), decoded in DataLoader workers, and pooled on the device; only whole batches pass through
+Python. Pooled float16 rows go into a preallocated ``features.npy`` memory map in a scratch folder beside the
+output (``.<out>.partial``); every ``shard_rows`` rows a background thread flushes them and records the number of
+batches done in ``progress.json``. An interrupted run resumes at the first unrecorded batch (if the data, encoder
+and settings are unchanged: they are fingerprinted), and the finished file is linked, not copied, into the store.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import tempfile
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from daamflow.batching import make_inputs, plan_batches
 from daamflow.encoders import load_processor, read_encoder_info
-from daamflow.features import write_store
-from daamflow.manifest import MANIFEST_COLUMNS, read_prepared
+from daamflow.features import DTYPE, FEATURES, adopt_store
+from daamflow.manifest import MANIFEST_COLUMNS, read_prepared, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 LAYER_CHOICES = ("blocks", "all")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+PROGRESS = "progress.json"
 POOLING = {
     "text": "mean over tokens with attention_mask=1 (special tokens included), right padding",
-    "audio": "mean over valid frames (model frame mask from the sample attention mask)",
+    "audio": "mean over valid frames (model frame mask from the sample attention mask; pad_to rows: all frames)",
     "image": "mean over all tokens (CLS + patches)",
 }
 
 
 def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, batch_size: int = 16,
-          layers: str = "blocks", device: str = "auto", max_length: int | None = None,
-          progress: bool = True) -> Path:
+          layers: str = "blocks", device: str = "auto", max_length: int | None = None, dtype: str = "auto",
+          num_workers: int = 0, shard_rows: int = 4096, progress: bool = True) -> Path:
     """Embed every sample of a prepared dataset with a materialised encoder and write the feature store.
 
     Args:
         data_dir: a folder written by ``daamflow.datasets.prepare`` (manifest.csv, meta.json, inputs).
         encoder_dir: a folder written by ``daamflow.encoders.materialise``.
         out_dir: the feature store folder (replaced atomically).
-        batch_size: samples per forward pass; samples are sorted by length so padding stays small.
+        batch_size: samples per forward pass (batches hold samples of near-equal length).
         layers: "blocks" keeps the transformer blocks' outputs (hidden_states[1:], the paper's choice);
             "all" also keeps the embedding output (hidden_states[0]).
-        device: "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...; float32 on CPU, bfloat16 (or
-            float16 where bfloat16 is unsupported) on a GPU.
+        device: "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
         max_length: text only: truncate to this many tokens (default: the tokenizer's and model's limit).
+        dtype: compute dtype; "auto": bfloat16 on a GPU (float16 where bfloat16 is unsupported), float32 on a CPU.
+        num_workers: DataLoader worker processes that read and preprocess batches (0: in this process).
+        shard_rows: rows between progress records (what an interruption can cost).
         progress: show a tqdm bar over batches.
     """
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoModel
-
     if layers not in LAYER_CHOICES:
         raise ValueError(f"layers must be one of {LAYER_CHOICES}, got {layers!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size < 1 or shard_rows < 1 or num_workers < 0:
+        raise ValueError(f"batch_size and shard_rows must be >= 1 and num_workers >= 0, "
+                         f"got {batch_size}, {shard_rows}, {num_workers}")
+    started = time.perf_counter()
     data_dir, encoder_dir, out_dir = Path(data_dir), Path(encoder_dir), Path(out_dir)
     df, meta = read_prepared(data_dir)
     info = read_encoder_info(encoder_dir)
@@ -62,161 +75,204 @@ def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, ba
     if info["modality"] != modality:
         raise ValueError(f"encoder {info['name']} takes {info['modality']} input but dataset {meta['source']} "
                          f"({data_dir}) is {modality}")
-    if max_length is not None and modality != "text":
-        raise ValueError(f"max_length applies to text only; dataset {meta['source']} is {modality}")
-    dev, dtype = _resolve_device(device)
-    model = AutoModel.from_pretrained(encoder_dir, dtype=dtype).to(dev).eval()
-    processor = load_processor(encoder_dir, modality)
-    batcher = {"text": _TextBatcher, "audio": _AudioBatcher, "image": _ImageBatcher}[modality](
-        df, data_dir, model, processor, max_length)
-    # longest first: an out-of-memory batch shows up at once, not at the end of a long run
-    order = np.argsort(-batcher.lengths, kind="stable")
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    num_states = model.config.num_hidden_layers + 1
-    keep = list(range(1, num_states)) if layers == "blocks" else list(range(num_states))
-    shape = (len(df), len(keep), model.config.hidden_size)
+    dev, compute_dtype = resolve_device(device, dtype)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.scratch-", dir=out_dir.parent) as scratch:
-        # a disk-backed buffer: large datasets × large encoders need not fit in memory
-        pooled = np.lib.format.open_memmap(Path(scratch) / "pooled.npy", mode="w+", dtype=np.float16, shape=shape)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(encoder_dir)
+    inputs = make_inputs(modality, df, data_dir, load_processor(encoder_dir, modality), config, max_length)
+    batches = plan_batches(inputs.lengths, batch_size)
+    num_states = config.num_hidden_layers + 1
+    keep = list(range(1, num_states)) if layers == "blocks" else list(range(num_states))
+    shape = (len(df), len(keep), config.hidden_size)
+    settings = {
+        "layers": layers, "layer_indices": keep, "compute_dtype": str(compute_dtype).removeprefix("torch."),
+        "device": dev.type, "batch_size": batch_size,
+        "max_length": getattr(inputs, "max_length", None),
+        "shard_batches": max(1, shard_rows // batch_size),
+    }
+    fingerprint = {
+        "shape": list(shape), "settings": settings, "encoder_weights_sha256": info["weights"],
+        "data": {name: sha256_file(data_dir / name) for name in ("manifest.csv", "meta.json")},
+    }
+    scratch = Scratch(out_dir.parent / f".{out_dir.name}.partial", shape, fingerprint)
+    resumed_at = scratch.done
+    if resumed_at:
+        log.info("resuming %s: %d of %d batches done earlier", scratch.folder, resumed_at, len(batches))
+    extract_seconds = 0.0
+    if resumed_at < len(batches):
+        model = load_model(encoder_dir, dev, compute_dtype)
+        t0 = time.perf_counter()
+        extract(model, inputs, batches, keep, dev, compute_dtype, scratch, settings["shard_batches"], num_workers,
+                ids=df["id"].to_numpy(), desc=f"embed {meta['source']} with {info['name']}", progress=progress)
+        extract_seconds = time.perf_counter() - t0
+    manifest = {
+        "encoder": info["name"],
+        "encoder_class": info["class"],
+        "encoder_revision": info["revision"],  # as asked for in the config
+        "encoder_commit": info["commit_hash"],  # what it resolved to (hub encoders)
+        "encoder_weights_sha256": info["weights"],
+        "encoder_spec": info["spec"],
+        "dataset": meta["source"],
+        "dataset_seed": meta["seed"],
+        "modality": modality,
+        **settings,
+        "pooling": POOLING[modality],
+        "num_workers": num_workers,
+        "timing": {
+            "resumed_at_batch": resumed_at, "batches": len(batches), "extract_seconds": round(extract_seconds, 3),
+            "total_seconds": round(time.perf_counter() - started, 3),
+        },
+    }
+    store = adopt_store(out_dir, scratch.features_path, df[MANIFEST_COLUMNS], manifest)
+    shutil.rmtree(scratch.folder)
+    return store
+
+
+def extract(model, inputs, batches: list[np.ndarray], keep: list[int], dev, compute_dtype, scratch: Scratch,
+            shard_batches: int, num_workers: int = 0, ids: np.ndarray | None = None, desc: str = "embed",
+            progress: bool = False) -> None:
+    """Run the batches from ``scratch.done`` on, pooling on the device and committing every ``shard_batches``."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    num_states = model.config.num_hidden_layers + 1
+    loader = DataLoader(_Batches(inputs, batches[scratch.done:]), batch_size=None, collate_fn=_identity, num_workers=num_workers,
+                        pin_memory=dev.type == "cuda", prefetch_factor=4 if num_workers else None)
+    done, pending = scratch.done, []
+    writer, written = ThreadPoolExecutor(max_workers=1), None
+    try:
         with torch.inference_mode():
-            for rows in tqdm(batches, desc=f"embed {meta['source']} with {info['name']}", unit="batch",
-                             disable=not progress):
-                inputs, sample_mask = batcher.batch(rows)
-                inputs = {k: _to(v, dev, dtype) for k, v in inputs.items()}
-                hidden = model(**inputs, output_hidden_states=True).hidden_states
+            for rows, feed, mask in tqdm(loader, desc=desc, unit="batch", total=len(batches), initial=done,
+                                         disable=not progress):
+                feed = {k: _to(v, dev, compute_dtype) for k, v in feed.items()}
+                hidden = model(**feed, output_hidden_states=True).hidden_states
                 if len(hidden) != num_states:
-                    raise RuntimeError(f"{info['name']} returned {len(hidden)} hidden states, "
+                    raise RuntimeError(f"{type(model).__name__} returned {len(hidden)} hidden states, "
                                        f"expected num_hidden_layers + 1 = {num_states}")
-                mask = batcher.token_mask(sample_mask, hidden[0]).to(dev)
+                if mask is not None:
+                    mask = mask.to(dev, non_blocking=True)
+                    if inputs.mask_in_samples:  # audio: sample mask → the frames whose receptive field is inside
+                        mask = model._get_feature_vector_attention_mask(hidden[0].shape[1], mask)
                 # layer by layer: stacking all states first would need (batch, layers, tokens, width) memory
-                pooled[rows] = torch.stack([masked_mean(hidden[i], mask) for i in keep], 1).cpu().numpy()
-        manifest = {
-            "encoder": info["name"],
-            "encoder_class": info["class"],
-            "encoder_revision": info["revision"],
-            "encoder_commit": info["commit_hash"],
-            "encoder_weights_sha256": info["weights"],
-            "encoder_spec": info["spec"],
-            "dataset": meta["source"],
-            "dataset_seed": meta["seed"],
-            "modality": modality,
-            "layers": layers,
-            "layer_indices": keep,
-            "pooling": POOLING[modality],
-            "compute_dtype": str(dtype).removeprefix("torch."),
-            "device": dev.type,
-            "batch_size": batch_size,
-            "max_length": max_length,
-        }
-        return write_store(out_dir, pooled, df[MANIFEST_COLUMNS], manifest)
+                pending.append((rows, torch.stack([masked_mean(hidden[i], mask) for i in keep], 1).to(torch.float16)))
+                done += 1
+                if done % shard_batches == 0 or done == len(batches):
+                    rows = np.concatenate([r for r, _ in pending])
+                    values = torch.cat([v for _, v in pending]).cpu().numpy()  # the one device sync per shard
+                    pending = []
+                    if written is not None:
+                        written.result()  # at most one shard in flight: bounded memory, errors surface here
+                    written = writer.submit(scratch.commit, rows, values, done, ids)
+        if written is not None:
+            written.result()
+    finally:
+        writer.shutdown(wait=True)
+
+
+class _Batches:
+    """The batches as a map-style dataset: item k is the collated batch k (built in a DataLoader worker)."""
+
+    def __init__(self, inputs, batches: list[np.ndarray]):
+        self.inputs, self.batches = inputs, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int):
+        return self.inputs.collate(self.batches[k])
+
+
+def _identity(batch):
+    return batch
+
+
+class Scratch:
+    """A partial extraction: a preallocated float16 ``features.npy`` (manifest row order) and ``progress.json``.
+
+    ``progress.json`` holds the fingerprint of the extraction and ``done``, the number of batches whose rows are
+    flushed to disk. A folder with another fingerprint (data, encoder or settings changed) is started afresh.
+    """
+
+    def __init__(self, folder: Path, shape: tuple[int, int, int], fingerprint: dict):
+        self.folder, self.features_path = Path(folder), Path(folder) / FEATURES
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from JSON
+        record = self.folder / PROGRESS
+        try:
+            state = json.loads(record.read_text())
+            self.features = np.load(self.features_path, mmap_mode="r+")
+            if state["fingerprint"] != self.fingerprint or self.features.shape != shape:
+                raise ValueError("changed")
+            self.done = int(state["done"])
+        except (OSError, ValueError, KeyError):
+            if self.folder.exists():
+                log.info("starting %s afresh (no usable partial extraction)", self.folder)
+                shutil.rmtree(self.folder)
+            self.folder.mkdir(parents=True)
+            self.features = np.lib.format.open_memmap(self.features_path, mode="w+", dtype=DTYPE, shape=shape)
+            self.done = 0
+            self._record()
+
+    def _record(self) -> None:
+        write_json(self.folder / PROGRESS, {"fingerprint": self.fingerprint, "done": self.done})
+
+    def commit(self, rows: np.ndarray, values: np.ndarray, done: int, ids: np.ndarray | None = None) -> None:
+        """Write ``values`` (float16) to ``rows``, flush, then record ``done`` batches."""
+        finite = np.isfinite(values).all(axis=(1, 2))
+        if not finite.all():
+            row = int(rows[np.argmin(finite)])
+            raise ValueError(f"features of sample {str(ids[row]) if ids is not None else row!r} hold NaN, inf or values "
+                             f"beyond the float16 range (|x| > 65504)")
+        order = np.argsort(rows)
+        self.features[rows[order]] = values[order]
+        self.features.flush()
+        self.done = done
+        self._record()
+
+
+def load_model(encoder_dir: Path | str, dev, compute_dtype):
+    """The encoder in eval mode on ``dev``; on a GPU the weights load straight there (no host copy of 26 GB)."""
+    import importlib.util
+
+    from transformers import AutoModel
+
+    kwargs = {"dtype": compute_dtype}
+    if dev.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
+        kwargs["device_map"] = {"": dev.index if dev.index is not None else 0}
+    return AutoModel.from_pretrained(encoder_dir, **kwargs).to(dev).eval()
 
 
 def masked_mean(states, mask):
-    """Mean of ``states`` (B, T, d) over the positions where ``mask`` (B, T) is 1, in float32 → (B, d)."""
+    """Mean of ``states`` (B, T, d) over the positions where ``mask`` (B, T) is 1 (all if None), in float32 → (B, d)."""
     import torch
 
+    if mask is None:
+        return states.float().mean(1)
     weights = mask.to(states.device, dtype=torch.float32)
     total = torch.einsum("btd,bt->bd", states.float(), weights)
     return total / weights.sum(1).clamp_min(1.0)[:, None]
 
 
-def _resolve_device(device: str):
+def resolve_device(device: str, dtype: str = "auto"):
+    """(torch.device, torch dtype) for a device name and a dtype name (see ``embed``)."""
     import torch
 
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for but CUDA is not available; use device='cpu' or 'auto'")
+    if dtype != "auto":
+        return dev, getattr(torch, dtype)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for but CUDA is not available; use device='cpu' or 'auto'")
         return dev, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return dev, torch.float32
 
 
 def _to(value, dev, dtype):
     """Move a tensor to the device; floating inputs (pixels, waveforms) take the model's dtype."""
-    return value.to(dev, dtype=dtype) if value.is_floating_point() else value.to(dev)
+    return value.to(dev, dtype=dtype, non_blocking=True) if value.is_floating_point() else value.to(dev, non_blocking=True)
 
-
-class _TextBatcher:
-    def __init__(self, df, data_dir, model, tokenizer, max_length):
-        if tokenizer.pad_token is None:  # Llama-2's tokenizer has none; pads are masked out anyway
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        tokenizer.padding_side = "right"
-        limit = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
-        self.max_length = min(max_length or limit, limit, tokenizer.model_max_length)
-        self.tokenizer, self.texts = tokenizer, df["text"].tolist()
-        ids = tokenizer(self.texts, truncation=True, max_length=self.max_length)["input_ids"]
-        self.lengths = np.array([len(x) for x in ids])
-
-    def batch(self, rows):
-        enc = self.tokenizer([self.texts[i] for i in rows], padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
-        return dict(enc), enc["attention_mask"]
-
-    def token_mask(self, sample_mask, first_state):
-        return sample_mask
-
-
-class _AudioBatcher:
-    def __init__(self, df, data_dir, model, extractor, max_length):
-        from scipy.io import wavfile
-
-        self.model, self.extractor, self.wavfile = model, extractor, wavfile
-        self.paths = [data_dir / p for p in df["path"]]
-        self.lengths = np.array([self._read(p, mmap=True).shape[0] for p in self.paths])
-        if not hasattr(model, "_get_feature_vector_attention_mask"):
-            raise ValueError(f"{type(model).__name__} cannot map sample masks to frame masks; "
-                             f"audio pooling supports wav2vec2-style encoders (WavLM, HuBERT, wav2vec 2.0)")
-
-    def _read(self, path: Path, mmap: bool = False) -> np.ndarray:
-        rate, audio = self.wavfile.read(path, mmap=mmap)
-        if rate != self.extractor.sampling_rate or audio.ndim != 1:
-            raise ValueError(f"{path}: {rate} Hz with shape {audio.shape}; the encoder expects mono "
-                             f"{self.extractor.sampling_rate} Hz (re-run prepare)")
-        return audio
-
-    def batch(self, rows):
-        waves = []
-        for i in rows:
-            audio = self._read(self.paths[i])
-            scale = 32768.0 if audio.dtype == np.int16 else 1.0
-            waves.append(audio.astype(np.float32) / scale)
-        enc = self.extractor(waves, sampling_rate=self.extractor.sampling_rate, padding=True,
-                             return_attention_mask=True, return_tensors="pt")
-        inputs = {"input_values": enc["input_values"]}
-        # models trained without a mask (e.g. wav2vec2-base) expect plain zero padding, as in their own recipe
-        if self.extractor.return_attention_mask:
-            inputs["attention_mask"] = enc["attention_mask"]
-        return inputs, enc["attention_mask"]
-
-    def token_mask(self, sample_mask, first_state):
-        return self.model._get_feature_vector_attention_mask(first_state.shape[1], sample_mask)
-
-
-class _ImageBatcher:
-    def __init__(self, df, data_dir, model, processor, max_length):
-        self.images = np.load(data_dir / "images.npy", mmap_mode="r")
-        self.index = df["image_index"].to_numpy()
-        if self.index.max() >= len(self.images):
-            raise ValueError(f"{data_dir}: image_index up to {self.index.max()} but images.npy has {len(self.images)}")
-        self.channels, self.processor = model.config.num_channels, processor
-        self.lengths = np.zeros(len(df))  # all images have the same size
-
-    def batch(self, rows):
-        images = np.asarray(self.images[self.index[rows]])
-        if images.ndim == 3:  # grayscale (n, H, W) → channels-last
-            images = images[..., None]
-        if images.shape[-1] == 1 and self.channels == 3:  # grayscale data, RGB encoder (e.g. BEiT-Large)
-            images = np.repeat(images, 3, axis=-1)
-        if images.shape[-1] != self.channels:
-            raise ValueError(f"images have {images.shape[-1]} channels, the encoder expects {self.channels}")
-        enc = self.processor(list(images), return_tensors="pt", input_data_format="channels_last")
-        return {"pixel_values": enc["pixel_values"]}, None
-
-    def token_mask(self, sample_mask, first_state):
-        import torch
-
-        return torch.ones(first_state.shape[:2])

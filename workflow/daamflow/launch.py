@@ -20,6 +20,7 @@ Any failure raises LaunchError with each failed call's remote traceback and log 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import getpass
 import hashlib
@@ -36,8 +37,6 @@ from typing import Any, Callable, Sequence
 
 import submitit
 from submitit.core.core import Job
-
-from .atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +224,8 @@ def _job(kind: str, folder: Path | str, job_id: str) -> Job:
 
 def _cancel(kind: str, job_id: str) -> None:
     if kind == "local":
-        os.kill(int(job_id), signal.SIGTERM)  # the controller forwards it to its task
+        with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+            os.kill(int(job_id), signal.SIGTERM)  # the controller forwards it to its task
     else:
         subprocess.run(["scancel", job_id], check=False, timeout=60)
 
@@ -269,7 +269,7 @@ def plan(
     return attach, stale
 
 
-def _entry(kind: str, name: str, kwargs: dict, job: Job, folder: Path) -> dict:
+def _entry(kind: str, kwargs: dict, job: Job, folder: Path) -> dict:
     return {
         "job_id": job.job_id,
         "kind": kind,
@@ -283,6 +283,8 @@ def _entry(kind: str, name: str, kwargs: dict, job: Job, folder: Path) -> dict:
 
 
 def _record(out_dir: Path, record: dict, new: dict[str, dict]) -> None:
+    from .atomic import write_json  # here, not at the top: job processes unpickle this module and need no pandas
+
     jobs = record.setdefault("jobs", {})
     history = record.setdefault("history", [])
     for name, entry in new.items():
@@ -322,7 +324,10 @@ def _poll(tracked: list[Tracked], kind: str, outcome: Outcome, grace_s: float) -
                 outcome.failures.append(f"{t.name} (job {job.job_id}): {error}")
             continue
         alive = _alive(kind, job.job_id, states, getattr(job, "_process", None))
-        t.state = (states or {}).get(job.job_id, "gone") if kind == "slurm" else ("running" if alive else "ended")
+        if kind == "slurm":
+            t.state = "unknown" if states is None else states.get(job.job_id, "gone")
+        else:
+            t.state = "running" if alive else "ended"
         if alive or alive is None:
             t.missing_since = None
         elif t.missing_since is None:
@@ -384,6 +389,7 @@ def run_calls(
     wrapped = Resumable(fn, launcher["max_requeues"])
     limit = len(todo) if kind == "slurm" else launcher["array_parallelism"]  # SLURM throttles arrays itself
     outcome = Outcome()
+    shown = ""
     while todo or tracked:
         free = limit - len(tracked)
         if todo and free > 0:
@@ -393,12 +399,16 @@ def run_calls(
                     jobs = _submit(executor, wrapped, kind, [calls[i] for i in batch])
             else:
                 jobs = _submit(executor, wrapped, kind, [calls[i] for i in batch])
-            _record(out_dir, record, {names[i]: _entry(kind, names[i], calls[i], j, folder) for i, j in zip(batch, jobs)})
+            _record(out_dir, record, {names[i]: _entry(kind, calls[i], j, folder) for i, j in zip(batch, jobs)})
             tracked += [Tracked(names[i], i, j) for i, j in zip(batch, jobs)]
             log.info("submitted %s (%s); logs in %s. If this process stops, the jobs go on and a rerun re-attaches "
                      "to them (cancel them with scancel/kill of the ids in %s)", ", ".join(
                          f"{names[i]}={j.job_id}" for i, j in zip(batch, jobs)), kind, folder, out_dir / JOBS_FILE)
         tracked = _poll(tracked, kind, outcome, RESULT_GRACE_S)
+        status = ", ".join(f"{t.name} {t.state}" for t in tracked)
+        if status and status != shown:  # the train log shows how the jobs move through the queue
+            log.info("waiting: %s", status)
+            shown = status
         if tracked:
             time.sleep(launcher["poll_s"])
     if outcome.failures:

@@ -91,3 +91,66 @@ def all_targets(config: dict) -> list[str]:
     if config.get("vqvae", {}).get("enabled"):
         out += [f"{tables}/vqvae.csv", f"{tables}/vqvae.md", path(FIGURES, config) + "/vqvae_reconstructions.png"]
     return out
+
+
+# ---- the paper's tables, claims and curves (rules/report.smk) ------------------------------------------------------
+
+def paper_datasets(config: dict) -> dict[str, str]:
+    """Our dataset -> the paper's dataset it is or stands in for (its ``paper_dataset``), for those that have one."""
+    return {d: ds["paper_dataset"] for d, ds in config["datasets"].items() if ds.get("paper_dataset")}
+
+
+def stand_ins(config: dict) -> list[str]:
+    """The datasets of :func:`paper_datasets` whose data are not the paper's dataset (offline stand-ins)."""
+    return [d for d, paper in paper_datasets(config).items() if config["datasets"][d]["source"] != paper]
+
+
+def is_paper_grid(config: dict) -> bool:
+    """Every dataset is one of the paper's own (no stand-in disclaimer in the summary)."""
+    papers = paper_datasets(config)
+    return len(papers) == len(config["datasets"]) and not stand_ins(config)
+
+
+def paper_tables(config: dict, dataset: str) -> list[str]:
+    """``{dataset}_{protocol}_vs_paper`` (csv, md, tex) of a dataset with a ``paper_dataset``; else nothing."""
+    if dataset not in paper_datasets(config):
+        return []
+    tables = path(TABLES, config)
+    return [f"{tables}/{dataset}_{p}_vs_paper.{ext}" for p in config["protocols"] for ext in ("csv", "md", "tex")]
+
+
+def importance_curve_inputs(config: dict) -> dict[str, list[str]]:
+    """The per-layer IF tables and probe tables the layer curves are drawn from (empty when the analyses are off)."""
+    imp = config.get("importance", {})
+    if not imp.get("enabled"):
+        return {"per_layer": [], "probes": []}
+    R, cells = config["results_dir"], [(d, p) for d in config["datasets"] for p in config["protocols"]]
+    return {
+        "per_layer": [f"{R}/importance/{d}/{p}/per_layer.csv" for d, p in cells],
+        "probes": [f"{R}/probes/{d}/{p}/probe.csv" for d, p in cells] if imp.get("probe", True) else [],
+    }
+
+
+def curve_files(config: dict) -> list[str]:
+    """Plot-ready CSVs (DVC ``plots``): per-epoch history of every run table, per-layer IF/probe curves."""
+    curves = path(TABLES, config) + "/curves"
+    out = [
+        f"{curves}/history/{d}_{p}_{m}.csv"
+        for d in config["datasets"] for p in config["protocols"] for m in config["methods"]
+    ]
+    if config.get("importance", {}).get("enabled"):
+        out += [f"{curves}/layers/{d}_{p}.csv" for d in config["datasets"] for p in config["protocols"]]
+    return out
+
+
+def report_tables(config: dict) -> list[str]:
+    """Every table beyond the per-dataset ones: the paper's tables with ours beside them, the summary table, the
+    parameter table, the claims and the paired comparisons (all csv, md, tex), claims.json and the curves."""
+    tables = path(TABLES, config)
+    stems = [f"{tables}/parameters", f"{tables}/claims", f"{tables}/paired"]
+    if paper_datasets(config):
+        stems.append(f"{tables}/paper_summary")
+    out = [f"{s}.{ext}" for s in stems for ext in ("csv", "md", "tex")] + [f"{tables}/claims.json"]
+    for name in config["datasets"]:
+        out += paper_tables(config, name)
+    return out + curve_files(config)

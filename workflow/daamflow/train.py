@@ -213,6 +213,7 @@ def run_split(
         "params": heads.count_parameters(model, include_classifier=True),
         "params_without_classifier": heads.count_parameters(model, include_classifier=False),
         "layers": layers,
+        "model": getattr(model, "resolved", {}),  # the options the registry actually used (e.g. DAAM heads for N)
         "settings": settings,
         "settings_hash": digest,
         "device": str(dev),

@@ -1,4 +1,7 @@
-"""Dataset adapters: each demo source becomes a prepared folder (``manifest.csv``, ``meta.json``, raw inputs).
+"""Dataset adapters: each source becomes a prepared folder (``manifest.csv``, ``meta.json``, raw inputs).
+
+Sources: the paper's datasets (``iemocap`` from the user's licensed copy, ``cifar100`` and ``agnews`` downloaded once
+into a local root) and the offline demo stand-ins (``wordnet``, ``fashion_mnist``, ``espeak_prosody``).
 
 A source module exposes ``MODALITY``, ``OPTIONS`` (name → default) and
 ``build(work_dir, seed, **options) -> (manifest DataFrame, class names, versions)``; ``prepare`` validates the
@@ -12,20 +15,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from daamflow.datasets import espeak, fashion_mnist, wordnet
+from daamflow.datasets import agnews, cifar100, espeak, fashion_mnist, iemocap, wordnet
 from daamflow.manifest import INPUT_COLUMN, MANIFEST_COLUMNS, atomic_dir, validate_manifest, write_json
 
-_MODULES = {"wordnet": wordnet, "fashion_mnist": fashion_mnist, "espeak_prosody": espeak}
+_MODULES = {
+    "wordnet": wordnet, "fashion_mnist": fashion_mnist, "espeak_prosody": espeak,
+    "iemocap": iemocap, "cifar100": cifar100, "agnews": agnews,
+}
 SOURCES: dict[str, dict] = {name: copy.deepcopy(module.OPTIONS) for name, module in _MODULES.items()}
 
 
 def prepare(source: str, out_dir: Path | str, seed: int, **options) -> pd.DataFrame:
-    """Prepare one demo source into ``out_dir`` and return its manifest.
+    """Prepare one source into ``out_dir`` and return its manifest.
 
     Args:
-        source: one of ``SOURCES`` ("wordnet", "fashion_mnist", "espeak_prosody").
+        source: one of ``SOURCES`` ("iemocap", "cifar100", "agnews", "wordnet", "fashion_mnist", "espeak_prosody").
         out_dir: destination folder; replaced atomically, an existing one survives a failure.
-        seed: drives every random choice (sampling, prosody jitter).
+        seed: drives every random choice (subsets, prosody jitter).
         **options: source options (see ``SOURCES[source]`` for names and defaults).
     """
     if source not in _MODULES:

@@ -1,0 +1,196 @@
+"""Model inputs for the embed step: per-modality input pipelines that turn a list of manifest rows into one padded
+batch, and the length-sorted batch plan.
+
+Each pipeline exposes ``lengths`` (one per sample, in the model's input units, known before any batch is built),
+``collate(rows) -> (rows, model inputs, pooling mask or None)`` and ``mask_in_samples`` (the mask counts input
+samples that the model maps to frames, as audio). ``collate`` runs in DataLoader workers (it may be
+pickled to them): it holds only arrays, paths and the processor, never the model, and opens files lazily.
+
+Input contracts of a prepared folder (``manifest.csv`` + files):
+- text: column ``text``; tokenised once, in bulk, when the pipeline is built (a fast tokenizer over the whole
+  column), so a batch is a vectorised gather of token ids with right padding;
+- image: ``images.npy`` uint8, (n, H, W) grayscale or (n, H, W, C) channels last, and column ``image_index``;
+  grayscale data is repeated to 3 channels for an RGB encoder; the image processor resizes and normalises;
+- audio: column ``path`` (a wav file, relative to the prepared folder or absolute) with optional columns
+  ``start``/``end`` (a sample span at the file's own rate, end exclusive; empty = the whole file) and ``pad_to``
+  (a length at the encoder's rate: the clip is cut or zero-padded to it and pooled over the whole padded length,
+  the released IEMOCAP code's convention; empty or absent = pooled over the clip's valid frames only). Files at
+  another rate are resampled (polyphase) to the encoder's; multi-channel files are averaged to mono.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def plan_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices of each batch: sorted by length, longest first, so a batch pads to a near-equal length.
+
+    Longest first also makes an out-of-memory batch fail at once rather than at the end of a long run.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def make_inputs(modality: str, df: pd.DataFrame, data_dir: Path, processor, config, max_length: int | None):
+    """The input pipeline of ``modality`` for the rows of ``df`` (``config``: the encoder's model config)."""
+    if modality == "text":
+        return TextInputs(df, processor, config, max_length)
+    if max_length is not None:
+        raise ValueError(f"max_length applies to text only; this dataset is {modality}")
+    if modality == "audio":
+        return AudioInputs(df, data_dir, processor)
+    return ImageInputs(df, data_dir, processor, config.num_channels)
+
+
+class TextInputs:
+    """Pre-tokenised text: one flat array of token ids plus offsets; batches are vectorised gathers."""
+
+    mask_in_samples = False
+
+    def __init__(self, df: pd.DataFrame, tokenizer, config, max_length: int | None):
+        positions = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
+        # an explicit max_length overrides the tokenizer's advisory model_max_length (the paper: 4096 for Llama-2),
+        # but never the model's position table
+        self.max_length = min(max_length, positions) if max_length else min(positions, tokenizer.model_max_length)
+        ids = tokenizer(df["text"].tolist(), truncation=True, max_length=self.max_length,
+                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        self.lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        empty = np.flatnonzero(self.lengths == 0)
+        if len(empty):
+            raise ValueError(f"text of id {df['id'].iloc[empty[0]]!r} tokenises to nothing: nothing to pool")
+        self.flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(self.lengths.sum()))
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+        # Llama-2 has no pad token; any id works as filler because padded positions are masked and pooled out
+        self.pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+
+    def collate(self, rows: np.ndarray):
+        import torch
+
+        lengths = self.lengths[rows]
+        positions = np.arange(lengths.max())
+        mask = positions[None, :] < lengths[:, None]
+        gather = self.offsets[rows][:, None] + np.minimum(positions[None, :], lengths[:, None] - 1)
+        ids = np.where(mask, self.flat[gather], self.pad_id)
+        mask = torch.from_numpy(mask.astype(np.int64))
+        return rows, {"input_ids": torch.from_numpy(ids), "attention_mask": mask}, mask
+
+
+def _column(df: pd.DataFrame, name: str, default: np.ndarray) -> np.ndarray:
+    """An optional integer column; absent or empty cells take ``default``."""
+    if name not in df.columns:
+        return default
+    values = pd.to_numeric(df[name], errors="raise").to_numpy(dtype=np.float64)
+    return np.where(np.isnan(values), default, values).astype(np.int64)
+
+
+def _wav_header(path: str) -> tuple[int, int]:
+    from scipy.io import wavfile
+
+    rate, data = wavfile.read(path, mmap=True)  # header only: the samples stay on disk
+    return rate, data.shape[0]
+
+
+class AudioInputs:
+    """Wav segments read, resampled and normalised per batch (in the workers), through the feature extractor."""
+
+    mask_in_samples = True
+
+    def __init__(self, df: pd.DataFrame, data_dir: Path, extractor):
+        self.extractor, self.rate = extractor, int(extractor.sampling_rate)
+        self.paths = [str(Path(data_dir, p)) for p in df["path"]]  # an absolute path stays as it is
+        headers = {p: _wav_header(p) for p in dict.fromkeys(self.paths)}
+        self.file_rate = np.array([headers[p][0] for p in self.paths], dtype=np.int64)
+        file_len = np.array([headers[p][1] for p in self.paths], dtype=np.int64)
+        self.start = _column(df, "start", np.zeros(len(df), dtype=np.int64))
+        self.end = _column(df, "end", file_len)
+        bad = np.flatnonzero((self.start < 0) | (self.end <= self.start) | (self.end > file_len))
+        if len(bad):
+            i = bad[0]
+            raise ValueError(f"audio id {df['id'].iloc[i]!r}: span [{self.start[i]}, {self.end[i]}) does not lie "
+                             f"inside {self.paths[i]} ({file_len[i]} samples)")
+        self.pad_to = _column(df, "pad_to", np.zeros(len(df), dtype=np.int64))
+        resampled = -(-(self.end - self.start) * self.rate // self.file_rate)  # ceil, as resample_poly's length
+        self.lengths = np.where(self.pad_to > 0, self.pad_to, resampled)
+
+    def _read(self, i: int) -> np.ndarray:
+        from scipy.io import wavfile
+
+        _, data = wavfile.read(self.paths[i], mmap=True)
+        x = np.asarray(data[self.start[i]:self.end[i]])
+        if x.dtype == np.uint8:
+            x = (x.astype(np.float32) - 128.0) / 128.0
+        elif x.dtype.kind == "i":
+            x = x.astype(np.float32) / float(2 ** (8 * x.dtype.itemsize - 1))
+        else:
+            x = x.astype(np.float32)
+        if x.ndim == 2:
+            x = x.mean(axis=1)
+        if self.file_rate[i] != self.rate:
+            from scipy.signal import resample_poly
+
+            g = math.gcd(int(self.file_rate[i]), self.rate)
+            x = resample_poly(x, self.rate // g, int(self.file_rate[i]) // g).astype(np.float32)
+        return x[:self.pad_to[i]] if self.pad_to[i] > 0 else x
+
+    def collate(self, rows: np.ndarray):
+        import torch
+
+        waves = [self._read(i) for i in rows]
+        enc = self.extractor(waves, sampling_rate=self.rate, padding=True, return_attention_mask=True,
+                             return_tensors="np")
+        values, mask = enc["input_values"].astype(np.float32), enc["attention_mask"].astype(np.int64)
+        width = int(self.lengths[rows].max())
+        if width > values.shape[1]:  # pad_to beyond the longest clip: zeros, as the extractor's padding_value
+            extra = width - values.shape[1]
+            values = np.pad(values, ((0, 0), (0, extra)), constant_values=self.extractor.padding_value)
+            mask = np.pad(mask, ((0, 0), (0, extra)))
+        # pad_to rows: the zero padding counts as signal (no mask), as the released code fed it
+        mask |= (np.arange(width)[None, :] < self.pad_to[rows][:, None]).astype(np.int64)
+        values, mask = torch.from_numpy(values), torch.from_numpy(mask)
+        inputs = {"input_values": values}
+        # models trained without a mask (e.g. wav2vec2-base) expect plain zero padding, as in their own recipe
+        if self.extractor.return_attention_mask:
+            inputs["attention_mask"] = mask
+        return rows, inputs, mask
+
+
+class ImageInputs:
+    """Images gathered from ``images.npy`` and run through the encoder's image processor (resize, normalise)."""
+
+    mask_in_samples = False
+
+    def __init__(self, df: pd.DataFrame, data_dir: Path, processor, channels: int):
+        self.path, self.processor, self.channels = Path(data_dir) / "images.npy", processor, int(channels)
+        self.index = df["image_index"].to_numpy()
+        images = np.load(self.path, mmap_mode="r")
+        if images.ndim not in (3, 4) or images.dtype != np.uint8:
+            raise ValueError(f"{self.path}: {images.dtype} {images.shape}; expected uint8 (n, H, W) or (n, H, W, C)")
+        stored = 1 if images.ndim == 3 else images.shape[-1]
+        if stored != self.channels and not (stored == 1 and self.channels == 3):
+            raise ValueError(f"{self.path} holds {stored}-channel images, the encoder expects {self.channels}")
+        if self.index.max() >= len(images):
+            raise ValueError(f"{data_dir}: image_index up to {self.index.max()} but images.npy has {len(images)}")
+        self.lengths = np.zeros(len(df), dtype=np.int64)  # one size: the processor resizes every image alike
+        self._images = None  # opened in the process that reads (a memory map does not survive pickling cheaply)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_images": None}
+
+    def collate(self, rows: np.ndarray):
+        if self._images is None:
+            self._images = np.load(self.path, mmap_mode="r")
+        images = np.asarray(self._images[self.index[rows]])
+        if images.ndim == 3:  # grayscale (n, H, W) → channels last
+            images = images[..., None]
+        if images.shape[-1] == 1 and self.channels == 3:  # grayscale data, RGB encoder
+            images = np.repeat(images, 3, axis=-1)
+        enc = self.processor(list(images), return_tensors="pt", input_data_format="channels_last")
+        return rows, {"pixel_values": enc["pixel_values"]}, None
