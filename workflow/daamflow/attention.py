@@ -65,7 +65,10 @@ def _gate_forward(x4, delta, neg_sqrt_kappa, eps, outs, work) -> None:
     torch.add(x4.new_tensor(1e-8 + eps), torch.abs(s_n, out=tmp), alpha=1.0 / n, out=r).rsqrt_()
     torch.mul(r, neg_sqrt_kappa, out=neg_rk)
     bias = torch.mul(delta, neg_rk, out=tmp).addcmul_(s1, neg_rk, value=1.0 / n)  # -(mu + delta) r sqrt(kappa')
-    torch.addcmul(bias, x4, neg_rk, value=-1.0, out=u)
+    if n == 1:  # x - mu is exactly 0: FMA rounding of the two products must not leak a gradient into delta
+        u.copy_(torch.mul(delta, neg_rk, out=tmp).expand_as(u))
+    else:
+        torch.addcmul(bias, x4, neg_rk, value=-1.0, out=u)
     torch.addcmul(x4.new_zeros(()), u, u, value=-1.0, out=gate).exp2_()  # exp2 is ~2.5x cheaper than exp on CPU
     torch.mul(x4, gate, out=y)
 
