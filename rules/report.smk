@@ -204,7 +204,7 @@ rule curves:
     output:
         curves=targets.curve_files(config),
     params:
-        out=f"{R}/tables/curves",
+        out=lambda w, output: os.path.dirname(os.path.dirname(output.curves[0])),  # …/curves/history/x.csv
     conda:
         "../envs/daamflow.yaml"
     log:

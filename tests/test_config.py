@@ -88,3 +88,17 @@ def test_settings_round_trip_keeps_exponent_floats(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(settings_json(settings))
     assert read_settings(str(path)) == settings
+
+
+def test_strings_from_the_command_line_are_typed(default_config):
+    # Snakemake hands `--config key=value` and profile values over as strings
+    default_config["threads"] = "2"
+    default_config["launcher"] = {"kind": "slurm", "gpus_per_task": "1", "mem_gb": "16", "partition": "None",
+                                  "allow_nested": "True"}
+    config = validate_config(default_config)
+    assert config["threads"] == 2
+    assert config["launcher"]["gpus_per_task"] == 1 and config["launcher"]["mem_gb"] == 16.0
+    assert config["launcher"]["partition"] is None and config["launcher"]["allow_nested"] is True
+    default_config["threads"] = "two"
+    with pytest.raises(ConfigError, match="threads"):
+        validate_config(default_config)

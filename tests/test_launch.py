@@ -116,6 +116,31 @@ def test_training_through_the_local_executor_equals_inline(tmp_path):
     assert {e["settings_hash"] for e in record["jobs"].values()} == set(inline["settings_hash"])
 
 
+def test_rerun_reattaches_to_a_local_job_whose_parent_was_killed(tmp_path):
+    """The submitting process dies (SIGKILL); its local job lives on and a rerun collects it instead of resubmitting."""
+    import subprocess
+
+    script = (
+        "import time\n"
+        "from daamflow import launch\n"
+        "def slow(flag):\n"
+        "    time.sleep(2)\n"
+        "    return 'from the first job'\n"
+        f"launch.run_calls(slow, [dict(flag=1)], {LOCAL!r}, {str(tmp_path)!r})\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / launch.JOBS_FILE).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        parent.kill()
+        parent.wait(timeout=30)
+    record = json.loads((tmp_path / launch.JOBS_FILE).read_text())
+    assert launch.run_calls(square, [dict(flag=1)], LOCAL, tmp_path) == ["from the first job"]
+    assert json.loads((tmp_path / launch.JOBS_FILE).read_text()) == record  # nothing submitted again
+
+
 def test_resumable_requeues_the_same_call_at_most_max_requeues_times():
     job = launch.Resumable(fail, max_requeues=2)
     assert job(x=3) == 3
@@ -272,8 +297,6 @@ def test_stale_live_job_is_cancelled_and_its_call_resubmitted(fake_slurm, tmp_pa
     assert record["jobs"]["0"]["job_id"] == "4242" and [h["job_id"] for h in record["history"]] == ["50"]
 
 
-@pytest.mark.xfail(strict=True, reason="Snakemake passes profile/--config values as strings ('1'); needs the "
-                   "string coercion in daamflow.config.validate_config (helper report); then drop this marker")
 def test_slurm_profile_sets_a_valid_slurm_launcher():
     """profiles/slurm goes through Snakemake's profile and --config parsing, then the config schema."""
     import yaml

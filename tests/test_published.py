@@ -276,3 +276,35 @@ def test_validation_names_the_bad_key(tmp_path, pub, mutate, where):
     with pytest.raises(P.PublishedError) as err:
         P.load_published(path)
     assert where in str(err.value)
+
+
+# --- coverage of the paper's tables and text claims ------------------------------------------------------------
+
+def test_every_table_of_the_paper_is_transcribed(pub):
+    """P Table 2 (9 rows per dataset) + Tables 4-6 (Mixture), B Table 5, P Table 1 (6 rows), Table 3, the older
+    parameter table (5 rows), the learned ranges and the IF ablations."""
+    table2 = {"loraplus_r4", "loraplus_r8", "lora_r4", "lora_r8", "mha", "mha_bn", "daam_v2", "gqdaam", "daam_v1"}
+    for ds in ("iemocap", "cifar100", "agnews"):
+        assert set(pub["accuracy"][ds]["methods"]) == table2 | {"mixture"}, ds
+    assert set(pub["summary"]["datasets"]) == {"iemocap", "cifar100", "agnews"}
+    assert [len(pub["parameters"][t]["rows"]) for t in ("v4", "mixture", "older")] == [6, 1, 5]
+    assert set(pub["learned_ranges"]["datasets"]) == set(pub["if_ablation"]["datasets"]) == set(N_RUNS)
+
+
+def test_text_claims(pub):
+    items = pub["text_claims"]["items"]
+    assert items["lora_24x_daam"]["value"] == 24 and items["lora_2x_dat"]["value"] == 2
+    assert items["daam_44pct_fewer_than_lora"]["value"] == 44
+    assert items["daam_overhead_on_gqa"]["value"] == [0.016, 0.08]
+    assert items["daam_overhead_on_gqa_blog"]["value"] == 2.66
+    assert items["gqdaam_80pct_fewer_than_lora_text"]["value"] == 80
+    assert {i["relation"] for i in items.values()} == {"at_least", "at_most"}
+
+
+def test_text_claim_validation(tmp_path, pub):
+    bad = copy.deepcopy(pub)
+    bad["text_claims"]["items"]["lora_24x_daam"]["relation"] = "about"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad, sort_keys=False), encoding="utf-8")
+    with pytest.raises(P.PublishedError, match=r"text_claims.items.lora_24x_daam.relation: expected one of"):
+        P.load_published(path)

@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -61,3 +62,160 @@ def test_report_files_and_summary(tmp_path):
 def test_missing_run_table_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         load_runs([tmp_path / "nope.csv"])
+
+
+# ---- the paper's tables beside ours ----------------------------------------------------------------------------
+
+from daamflow import report as R  # noqa: E402
+from daamflow.published import load_published  # noqa: E402
+
+
+def _toy(methods: dict[str, list[float]], protocol: str = "paper", dataset: str = "toy") -> pd.DataFrame:
+    rows = [dict(dataset=dataset, encoder="enc", protocol=protocol, method=m, fold=f"fold{i + 1}", accuracy=a / 100,
+                 accuracy_pct=a, params=300, params_without_classifier=200)
+            for m, values in methods.items() for i, a in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def test_paper_table_cells_rows_and_params():
+    pub = load_published()
+    table = R.paper_table(_toy({"daam_v1": [70.0, 60.0, 65.0], "mha": [50.0, 55.0, 60.0], "gqa": [1.0, 2.0, 3.0]}),
+                          "iemocap", pub).set_index("method")
+    # the paper's rows in its order (LoRA+ first), unrun ones kept, then ours it lacks
+    assert list(table.index) == ["loraplus_r4", "loraplus_r8", "lora_r4", "lora_r8", "mha", "mha_bn", "daam_v2",
+                                 "gqdaam", "daam_v1", "mixture", "gqa"]
+    assert [c for c in table.columns if c.startswith("F") and c.endswith("_ours")] == [f"F{i}_ours" for i in range(1, 6)]
+    row = table.loc["daam_v1"]
+    assert (row["F1_ours"], row["F1_published"]) == (70.0, 67.2)
+    assert row["F1_delta"] == pytest.approx(70.0 - 67.2)
+    assert math.isnan(row["F4_ours"]) and row["F4_published"] == 67.9  # we ran 3 folds, the paper 5
+    assert row["mean_published"] == 67.4 and row["mean_delta"] == pytest.approx(65.0 - 67.4)
+    assert row["std_ours"] == pytest.approx(np.std([70, 60, 65]))
+    assert row["params"] == 300 and row["published_params"] == "0.22–0.45M"
+    assert math.isnan(table.loc["lora_r4", "mean_ours"]) and table.loc["lora_r4", "mean_published"] == 53.0
+    assert math.isnan(table.loc["gqa", "mean_published"]) and table.loc["gqa", "mean_ours"] == 2.0
+    assert table.loc["mixture", "published_params"] == "64"
+    shown = R.display_paper_table(table.reset_index()).set_index("method")
+    assert shown.loc["daam_v1", "F1"] == "70.0 (67.2; +2.8)"
+    assert shown.loc["daam_v1", "μ ± σ"] == "65.0 ± 4.08 (67.4 ± 1.49; -2.4)"
+    assert shown.loc["lora_r4", "F1"] == "– (49.9)" and shown.loc["gqa", "F1"] == "1.0"
+
+
+def test_paper_table_unit_follows_the_paper():
+    table = R.paper_table(_toy({"mha": [90.0, 91.0, 92.0, 93.0, 94.0]}), "agnews")
+    assert [c for c in table.columns if c.endswith("_ours")][:5] == ["R1_ours", "R2_ours", "R3_ours", "R4_ours",
+                                                                      "R5_ours"]
+    mha = table.set_index("method").loc["mha"]
+    assert mha["R3_published"] == 94.8 and math.isnan(mha["R4_published"])  # AG News: 3 runs
+
+
+def test_paper_report_labels_stand_ins(tmp_path):
+    runs = pd.concat([_toy({"daam_v1": [70.0, 60.0]}), _toy({"daam_v1": [71.0, 61.0]}, protocol="clean")])
+    written = R.paper_report(runs, "cifar100", tmp_path, stand_in=True)
+    assert {p.name for p in written} == {f"toy_{p}_vs_paper.{e}" for p in ("paper", "clean") for e in ("csv", "md", "tex")}
+    md = (tmp_path / "toy_clean_vs_paper.md").read_text()
+    assert "STAND-IN" in md and "CIFAR-100" in md and "protocol 'clean'" in md and "71.0 (79.9; -8.9)" in md
+    R.paper_report(runs, "cifar100", tmp_path / "real", stand_in=False)
+    assert "STAND-IN" not in (tmp_path / "real/toy_paper_vs_paper.md").read_text()
+
+
+def test_paper_summary_table():
+    runs = _toy({"daam_v1": [70.0, 72.0], "daam_v2": [80.0, 82.0], "mha": [60.0, 62.0], "lora_r4": [50.0, 50.0],
+                 "mixture": [99.0, 99.0]})
+    table = R.paper_summary_table(runs, {"toy": "cifar100"}).iloc[0]
+    assert table["best_daam_method"] == "daam_v2"  # the main-table variants only: the Mixture is not one
+    assert table["best_lora_method"] == "lora_r4"
+    assert (table["mha_ours"], table["mha_published"]) == (61.0, 61.7)
+    assert table["delta_vs_mha_ours"] == pytest.approx(20.0) and table["delta_vs_mha_published"] == 18.9
+    assert table["delta_vs_lora_delta"] == pytest.approx(31.0 - 40.3)
+    shown = R.display_paper_summary(R.paper_summary_table(runs, {"toy": "cifar100"}))
+    assert shown.loc[0, "DAAM − MHA"] == "20.0 (18.9; +1.1)"
+    no_lora = R.paper_summary_table(_toy({"daam_v1": [70.0], "mha": [60.0]}), {"toy": "iemocap"}).iloc[0]
+    assert math.isnan(no_lora["best_lora_ours"]) and no_lora["best_lora_method"] == ""
+
+
+def _run_dir(root, dataset, protocol, method, histories):
+    run_dir = root / dataset / protocol / method
+    rows = []
+    for i, accs in enumerate(histories):
+        fold = f"fold{i + 1}"
+        (run_dir / fold).mkdir(parents=True)
+        pd.DataFrame({"epoch": range(1, len(accs) + 1), "train_loss": [1.0] * len(accs), "select_accuracy": accs,
+                      "lr": 0.1}).to_csv(run_dir / fold / "history.csv", index=False)
+        rows.append(dict(dataset=dataset, protocol=protocol, method=method, fold=fold))
+    pd.DataFrame(rows).to_csv(run_dir / "runs.csv", index=False)
+    return run_dir / "runs.csv"
+
+
+def test_write_curves(tmp_path):
+    runs = _run_dir(tmp_path / "runs", "toy", "paper", "daam_v1", [[0.5, 0.7], [0.3, 0.5, 0.6]])
+    per_layer = tmp_path / "importance/toy/paper/per_layer.csv"
+    per_layer.parent.mkdir(parents=True)
+    pd.DataFrame({"layer": [1, 2], "if_mean": [0.2, 0.6], "share_mean": [0.25, 0.75]}).to_csv(per_layer, index=False)
+    probe = tmp_path / "probes/toy/paper/probe.csv"
+    probe.parent.mkdir(parents=True)
+    pd.DataFrame({"layer": [1, 1, 2, 2], "fold": ["fold1", "fold2"] * 2, "accuracy": [0.5, 0.7, 0.8, 0.8]}).to_csv(
+        probe, index=False)
+    written = R.write_curves([runs], [per_layer], [probe], tmp_path / "curves")
+    assert {p.relative_to(tmp_path / "curves").as_posix() for p in written} == {
+        "history/toy_paper_daam_v1.csv", "layers/toy_paper.csv"}
+    history = pd.read_csv(tmp_path / "curves/history/toy_paper_daam_v1.csv")
+    assert list(history["select_accuracy_pct"]) == pytest.approx([40.0, 60.0, 60.0])  # epoch 3: one fold only
+    assert list(history["folds"]) == [2, 2, 1]
+    layers = pd.read_csv(tmp_path / "curves/layers/toy_paper.csv")
+    assert list(layers["if_share_pct"]) == [25.0, 75.0] and list(layers["probe_accuracy_pct"]) == [60.0, 80.0]
+    assert R.layer_curve(per_layer, None)["probe_accuracy_pct"].isna().all()
+
+
+def test_summary_with_paper_datasets_and_claims(tmp_path):
+    runs = load_runs(_runs(tmp_path))
+    claims_md = tmp_path / "claims.md"
+    claims_md.write_text("**claims**\n\n| a |\n|---|\n| holds |\n")
+    metrics = summary(runs, tmp_path / "summary.md", tmp_path / "summary.json", stand_in=False,
+                      paper_of={"toy": "iemocap"}, stand_ins=["toy"], embed=[("The paper's claims", claims_md)])
+    md = (tmp_path / "summary.md").read_text()
+    assert "Stand-ins: `toy` for IEMOCAP" in md and "not** the paper's numbers" not in md
+    assert "[paper](toy_paper_vs_paper.md)" in md and "stands in for the paper's IEMOCAP" in md
+    assert "## The paper's claims" in md and "| holds |" in md
+    assert metrics["toy"]["paper"]["mha"]["n"] == 3
+
+
+def test_report_cli_summary_embed(tmp_path):
+    from daamflow.cli import main
+
+    paths = [str(p) for p in _runs(tmp_path)]
+    claims_md = tmp_path / "c.md"
+    claims_md.write_text("table")
+    rc = main(["report", "summary", "--runs", *paths, "--out-md", str(tmp_path / "s.md"), "--out-json",
+               str(tmp_path / "s.json"), "--paper-datasets", "toy=agnews", "--embed", f"Claims={claims_md}"])
+    assert rc == 0 and "## Claims" in (tmp_path / "s.md").read_text()
+    with pytest.raises(ValueError, match="TITLE=FILE.md"):
+        main(["report", "summary", "--runs", *paths, "--out-md", str(tmp_path / "s.md"), "--out-json",
+              str(tmp_path / "s.json"), "--embed", "nofile"])
+
+
+# ---- published columns of the analysis tables ----------------------------------------------------------------------
+
+def test_learned_ranges_with_published():
+    from daamflow.analysis import with_published_ranges
+
+    table = pd.DataFrame({"dataset": ["toy", "other"], "protocol": "paper", "method": "daam_v1",
+                          "delta_min": [-0.01, 0.0], "delta_max": [0.2, 0.1], "xi_min": [1.9, 2.0], "xi_max": [2.1, 2.0]})
+    out = with_published_ranges(table, {"toy": "iemocap"}).set_index("dataset")
+    assert (out.loc["toy", "published_delta_min"], out.loc["toy", "published_xi_max"]) == (-0.06, 2.06)
+    assert out.loc["toy", "diff_delta_max"] == pytest.approx(0.2 - 0.10)
+    assert out.loc["other", "paper_dataset"] == "" and math.isnan(out.loc["other", "published_xi_min"])
+
+
+def test_ablation_with_published():
+    from daamflow.analysis import with_published_ablation
+
+    table = pd.DataFrame({"protocol": "paper", "method": "daam_v1", "selection": ["high", "low", "random", "all"],
+                          "layers": ["2", "1", "2", "all"], "mean": [60.0, 55.0, 58.0, 62.0], "std": 1.0})
+    out = with_published_ablation(table, "iemocap").set_index("selection")
+    assert (out.loc["high", "published_layers"], out.loc["high", "published_mean"]) == ("9", 64.0)
+    assert out.loc["low", "published_std"] == 1.89 and out.loc["low", "difference"] == pytest.approx(55.0 - 62.3)
+    assert (out.loc["all", "published_mean"], out.loc["all", "published_std"]) == (67.4, 1.49)
+    assert math.isnan(out.loc["random", "published_mean"])
+    agnews = with_published_ablation(table, "agnews").set_index("selection")
+    assert agnews.loc["high", "published_layers"] == "19,20,21" and math.isnan(agnews.loc["high", "published_std"])

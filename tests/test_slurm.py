@@ -98,6 +98,8 @@ def test_workflow_on_slurm_matches_inline(slurm_cluster, results, tmp_path):
         # one job array over the folds, each task run once and completed
         array = {i.split("_")[0] for i in ids.values()}
         assert len(array) == 1, ids
+        for job_id in ids.values():  # the result file comes a moment before the job's end is logged
+            slurm_cluster.wait_state(job_id, {"COMPLETED"}, timeout=30)
         done = sorted((r["ArrayJobId"], r["ArrayTaskId"], r["JobState"]) for r in slurm_cluster.completions(job_name(method)))
         assert done == [(*array, "0", "COMPLETED"), (*array, "1", "COMPLETED")]
         # the inline launcher on the same store and settings gives the same numbers
@@ -189,6 +191,8 @@ def test_killed_snakemake_reattaches_without_duplicate_submissions(slurm_cluster
     record = json.loads((run / "jobs.json").read_text())
     assert {f: e["job_id"] for f, e in record["jobs"].items()} == ids and record["history"] == []
     array = ids["fold1"].split("_")[0]
+    for job_id in ids.values():  # the result file comes a moment before the job's end is logged
+        slurm_cluster.wait_state(job_id, {"COMPLETED"}, timeout=30)
     ends = [(r["ArrayJobId"], r["ArrayTaskId"], r["JobState"]) for r in slurm_cluster.completions(job_name(method))]
     assert sorted(ends) == [(array, "0", "COMPLETED"), (array, "1", "COMPLETED")]  # 2 tasks, 1 submission
     assert len(pd.read_csv(run / "runs.csv")) == 2

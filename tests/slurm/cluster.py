@@ -5,7 +5,6 @@ DAAMFLOW_REQUIRE_SLURM=1 (CI) they fail instead. Every call to a SLURM command c
 """
 from __future__ import annotations
 
-import getpass
 import os
 import shutil
 import subprocess
@@ -85,13 +84,10 @@ def slurm_cluster():
     os.environ["SLURM_CONF"] = str(root / "slurm.conf")
     try:
         yield Cluster(root)
-    finally:
-        try:  # leave nothing running, even after a failed test
-            subprocess.run(["scancel", f"--user={getpass.getuser()}"], timeout=30)
-        finally:
-            subprocess.run(["bash", str(HERE / "stop.sh"), str(root)], timeout=60)
-            shutil.rmtree(root, ignore_errors=True)
-            if previous is None:
-                os.environ.pop("SLURM_CONF", None)
-            else:
-                os.environ["SLURM_CONF"] = previous
+    finally:  # stop.sh cancels what is left (even after a failed test) before stopping the daemons
+        subprocess.run(["bash", str(HERE / "stop.sh"), str(root)], timeout=90)
+        shutil.rmtree(root, ignore_errors=True)
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous

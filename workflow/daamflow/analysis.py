@@ -256,6 +256,48 @@ def ablation_table(run_tables: list[Path], layers_files: dict[str, Path]) -> pd.
     return frame.sort_values(["protocol", "selection"], key=lambda c: c.map(order) if c.name == "selection" else c).reset_index(drop=True)
 
 
+def with_published_ranges(table: pd.DataFrame, paper_of: dict[str, str], published: dict | None = None) -> pd.DataFrame:
+    """The learned-range table with the paper's δ/ξ ranges (its best g=8 models) of each row's ``paper_dataset``
+    and ours − published for every bound; rows of datasets without one get empty published cells."""
+    from .published import load_published
+
+    ref = (load_published() if published is None else published)["learned_ranges"]["datasets"]
+    out = table.copy()
+    out["paper_dataset"] = out["dataset"].map(lambda d: paper_of.get(d, ""))
+    for param in ("delta", "xi"):
+        for i, bound in enumerate(("min", "max")):
+            pub = out["paper_dataset"].map(lambda p: float(ref[p][param][i]) if p else np.nan)
+            out[f"published_{param}_{bound}"] = pub
+            out[f"diff_{param}_{bound}"] = out[f"{param}_{bound}"] - pub
+    return out
+
+
+def with_published_ablation(table: pd.DataFrame, paper_dataset: str, published: dict | None = None) -> pd.DataFrame:
+    """The ablation table with the paper's IF ablation of ``paper_dataset`` beside it: its layers (1-based), mean,
+    std and the difference ours − published on the high-IF and low-IF rows, and the method's published full-layer
+    accuracy on the ``all`` rows (the random-layer control has no published counterpart)."""
+    from .published import load_published
+
+    pub = load_published() if published is None else published
+    ablation = pub["if_ablation"]["datasets"][paper_dataset]
+    accuracy = pub["accuracy"][paper_dataset]["methods"]
+    out = table.copy()
+    rows = []
+    for method, selection in zip(out["method"], out["selection"]):
+        if selection in ("high", "low"):
+            rec = ablation[selection]
+            rows.append((",".join(map(str, rec["layers"])), rec["mean"], rec.get("std", np.nan)))
+        elif selection == "all" and method in accuracy:
+            rows.append(("all", accuracy[method]["mean"], accuracy[method]["std"]))
+        else:
+            rows.append(("", np.nan, np.nan))
+    out["published_layers"] = [r[0] for r in rows]
+    out["published_mean"] = [float(r[1]) for r in rows]
+    out["published_std"] = [float(r[2]) for r in rows]
+    out["difference"] = out["mean"] - out["published_mean"]  # not *_mean: the renderer pairs *_mean with *_std
+    return out
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="part", required=True, metavar="part")
     m = sub.add_parser("map", help="IF maps, heatmap, per-layer bars and the ablation's layer choice")
@@ -276,6 +318,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r = sub.add_parser("ranges", help="learned δ/ξ ranges of DAAM runs")
     r.add_argument("--runs", nargs="+", required=True, type=Path, help="run directories (settings.json, folds)")
     r.add_argument("--out-table", required=True, type=Path, help="table stem")
+    r.add_argument("--paper-datasets", nargs="*", default=[], metavar="DATASET=PAPER_DATASET",
+                   help="add the paper's published ranges beside the rows of these datasets")
     pr = sub.add_parser("probe", help="a linear probe on each single layer, every fold (layer{l}/ under --out)")
     pr.add_argument("--features", required=True, type=Path, help="feature store directory")
     pr.add_argument("--settings", required=True, help="train settings JSON (its method is replaced by `linear`)")
@@ -287,6 +331,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--layers", nargs="+", required=True, help="PROTOCOL=layers.json pairs")
     a.add_argument("--out-table", required=True, type=Path, help="table stem")
     a.add_argument("--title", default="")
+    a.add_argument("--paper-dataset", choices=("iemocap", "cifar100", "agnews"), default=None,
+                   help="add the paper's IF ablation of this dataset beside ours")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -306,9 +352,18 @@ def main(args: argparse.Namespace) -> int:
         log.info("probe accuracy per layer:\n%s", table.groupby("layer")["accuracy"].mean().to_string())
     elif args.part == "ranges":
         table = learned_ranges(args.runs)
-        write_table(table, stem, "Learned DAAM parameters: range of the mean offset δ and the scaled variance ξ", digits=3)
+        caption = "Learned DAAM parameters: range of the mean offset δ and the scaled variance ξ"
+        if args.paper_datasets:
+            table = with_published_ranges(table, dict(item.split("=", 1) for item in args.paper_datasets))
+            caption += "; published: the paper's ranges of its best g=8 models, diff = ours − published"
+        write_table(table, stem, caption, digits=3)
     else:
         layers = dict(item.split("=", 1) for item in args.layers)
         table = ablation_table(args.runs, layers)
-        write_table(table, stem, f"{args.title}: retrained on the high-IF, low-IF and random layers (accuracy %)")
+        caption = f"{args.title}: retrained on the high-IF, low-IF and random layers (accuracy %)"
+        if args.paper_dataset:
+            table = with_published_ablation(table, args.paper_dataset)
+            caption += (f"; published: the paper's {args.paper_dataset} ablation (its layers), "
+                        "difference = ours − published mean")
+        write_table(table, stem, caption)
     return 0

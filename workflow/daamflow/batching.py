@@ -2,8 +2,10 @@
 batch, and the length-sorted batch plan.
 
 Each pipeline exposes ``lengths`` (one per sample, in the model's input units, known before any batch is built),
-``collate(rows) -> (rows, model inputs, pooling mask or None)`` and ``mask_in_samples`` (the mask counts input
-samples that the model maps to frames, as audio). ``collate`` runs in DataLoader workers (it may be
+``collate(rows) -> (rows, model inputs, pooling mask or None)``, ``mask_in_samples`` (the mask counts input
+samples that the model maps to frames, as audio) and ``worth_workers`` (whether collating costs enough to run in
+worker processes: decoding audio and resizing images do; gathering pre-tokenised text does not, and shipping its
+batches between processes would cost more than building them). ``collate`` runs in DataLoader workers (it may be
 pickled to them): it holds only arrays, paths and the processor, never the model, and opens files lazily.
 
 Input contracts of a prepared folder (``manifest.csv`` + files):
@@ -53,7 +55,7 @@ def make_inputs(modality: str, df: pd.DataFrame, data_dir: Path, processor, conf
 class TextInputs:
     """Pre-tokenised text: one flat array of token ids plus offsets; batches are vectorised gathers."""
 
-    mask_in_samples = False
+    mask_in_samples, worth_workers = False, False
 
     def __init__(self, df: pd.DataFrame, tokenizer, config, max_length: int | None):
         positions = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
@@ -101,7 +103,7 @@ def _wav_header(path: str) -> tuple[int, int]:
 class AudioInputs:
     """Wav segments read, resampled and normalised per batch (in the workers), through the feature extractor."""
 
-    mask_in_samples = True
+    mask_in_samples, worth_workers = True, True
 
     def __init__(self, df: pd.DataFrame, data_dir: Path, extractor):
         self.extractor, self.rate = extractor, int(extractor.sampling_rate)
@@ -165,7 +167,7 @@ class AudioInputs:
 class ImageInputs:
     """Images gathered from ``images.npy`` and run through the encoder's image processor (resize, normalise)."""
 
-    mask_in_samples = False
+    mask_in_samples, worth_workers = False, True
 
     def __init__(self, df: pd.DataFrame, data_dir: Path, processor, channels: int):
         self.path, self.processor, self.channels = Path(data_dir) / "images.npy", processor, int(channels)

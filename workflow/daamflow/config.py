@@ -70,9 +70,52 @@ def _path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
 
+def _coerce_strings(value: Any, node: dict, root: dict) -> Any:
+    """Give ``value`` the scalar types ``node`` asks for where Snakemake handed strings over.
+
+    ``--config key=value`` and a profile's ``config:`` reach the config as strings ('1', 'True', 'None'); a string
+    becomes int/float/bool/None only where the schema does not accept a string there (``None``/``null`` also where
+    it does and accepts null, e.g. ``partition``).
+    """
+    while isinstance(node, dict) and "$ref" in node:  # local references only ("#/$defs/...")
+        target = root
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    if isinstance(value, dict):
+        props, extra = node.get("properties", {}), node.get("additionalProperties")
+        for key, sub in value.items():
+            schema_node = props.get(key, extra if isinstance(extra, dict) else None)
+            if schema_node is not None:
+                value[key] = _coerce_strings(sub, schema_node, root)
+        return value
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        return [_coerce_strings(v, node["items"], root) for v in value]
+    if not isinstance(value, str):
+        return value
+    types = node.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    text = value.strip()
+    if "null" in types and text in ("None", "null", "~"):
+        return None
+    if "string" in types or not types:
+        return value
+    if "boolean" in types and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for name, cast in (("integer", int), ("number", float)):
+        if name in types:
+            try:
+                return cast(text)
+            except ValueError:
+                pass
+    return value
+
+
 def validate_config(config: dict) -> dict:
     """Validate ``config`` in place (defaults filled) and return it; raise ConfigError naming every bad key."""
-    validator = _validator_with_defaults(schema())
+    schema_doc = schema()
+    _coerce_strings(config, schema_doc, schema_doc)
+    validator = _validator_with_defaults(schema_doc)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = []

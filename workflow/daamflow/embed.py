@@ -18,6 +18,7 @@ and settings are unchanged: they are fingerprinted), and the finished file is li
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import shutil
@@ -58,7 +59,8 @@ def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, ba
         device: "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
         max_length: text only: truncate to this many tokens (default: the tokenizer's and model's limit).
         dtype: compute dtype; "auto": bfloat16 on a GPU (float16 where bfloat16 is unsupported), float32 on a CPU.
-        num_workers: DataLoader worker processes that read and preprocess batches (0: in this process).
+        num_workers: DataLoader worker processes that read and preprocess batches (0: in this process); text is
+            tokenised in bulk up front, so its batches are always built here.
         shard_rows: rows between progress records (what an interruption can cost).
         progress: show a tqdm bar over batches.
     """
@@ -99,13 +101,13 @@ def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, ba
     resumed_at = scratch.done
     if resumed_at:
         log.info("resuming %s: %d of %d batches done earlier", scratch.folder, resumed_at, len(batches))
-    extract_seconds = 0.0
+    extract_seconds = extract_cpu_seconds = 0.0
     if resumed_at < len(batches):
         model = load_model(encoder_dir, dev, compute_dtype)
-        t0 = time.perf_counter()
-        extract(model, inputs, batches, keep, dev, compute_dtype, scratch, settings["shard_batches"], num_workers,
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        _extract(model, inputs, batches, keep, dev, compute_dtype, scratch, settings["shard_batches"], num_workers,
                 ids=df["id"].to_numpy(), desc=f"embed {meta['source']} with {info['name']}", progress=progress)
-        extract_seconds = time.perf_counter() - t0
+        extract_seconds, extract_cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     manifest = {
         "encoder": info["name"],
         "encoder_class": info["class"],
@@ -121,6 +123,7 @@ def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, ba
         "num_workers": num_workers,
         "timing": {
             "resumed_at_batch": resumed_at, "batches": len(batches), "extract_seconds": round(extract_seconds, 3),
+            "extract_cpu_seconds": round(extract_cpu_seconds, 3),  # this process (threads), not its workers
             "total_seconds": round(time.perf_counter() - started, 3),
         },
     }
@@ -129,25 +132,28 @@ def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, ba
     return store
 
 
-def extract(model, inputs, batches: list[np.ndarray], keep: list[int], dev, compute_dtype, scratch: Scratch,
-            shard_batches: int, num_workers: int = 0, ids: np.ndarray | None = None, desc: str = "embed",
-            progress: bool = False) -> None:
+def _extract(model, inputs, batches: list[np.ndarray], keep: list[int], dev, compute_dtype, scratch: Scratch,
+             shard_batches: int, num_workers: int, ids: np.ndarray, desc: str, progress: bool) -> None:
     """Run the batches from ``scratch.done`` on, pooling on the device and committing every ``shard_batches``."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     num_states = model.config.num_hidden_layers + 1
-    loader = DataLoader(_Batches(inputs, batches[scratch.done:]), batch_size=None, collate_fn=_identity, num_workers=num_workers,
-                        pin_memory=dev.type == "cuda", prefetch_factor=4 if num_workers else None)
-    done, pending = scratch.done, []
+    # decoders (Llama) would otherwise fill a key/value cache as large as the hidden states, for nothing
+    options = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+    first = done = scratch.done
+    workers = num_workers if inputs.worth_workers else 0
+    loader = DataLoader(_Batches(inputs, batches[first:]), batch_size=None, collate_fn=_identity,
+                        num_workers=workers, pin_memory=dev.type == "cuda", prefetch_factor=4 if workers else None)
+    pending, started = [], time.perf_counter()
     writer, written = ThreadPoolExecutor(max_workers=1), None
     try:
         with torch.inference_mode():
             for rows, feed, mask in tqdm(loader, desc=desc, unit="batch", total=len(batches), initial=done,
                                          disable=not progress):
                 feed = {k: _to(v, dev, compute_dtype) for k, v in feed.items()}
-                hidden = model(**feed, output_hidden_states=True).hidden_states
+                hidden = model(**feed, **options, output_hidden_states=True).hidden_states
                 if len(hidden) != num_states:
                     raise RuntimeError(f"{type(model).__name__} returned {len(hidden)} hidden states, "
                                        f"expected num_hidden_layers + 1 = {num_states}")
@@ -165,6 +171,8 @@ def extract(model, inputs, batches: list[np.ndarray], keep: list[int], dev, comp
                     if written is not None:
                         written.result()  # at most one shard in flight: bounded memory, errors surface here
                     written = writer.submit(scratch.commit, rows, values, done, ids)
+                    log.info("%d/%d batches, %.1f samples/s", done, len(batches),
+                             sum(len(b) for b in batches[first:done]) / (time.perf_counter() - started))
         if written is not None:
             written.result()
     finally:
@@ -198,16 +206,17 @@ class Scratch:
     def __init__(self, folder: Path, shape: tuple[int, int, int], fingerprint: dict):
         self.folder, self.features_path = Path(folder), Path(folder) / FEATURES
         self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from JSON
-        record = self.folder / PROGRESS
         try:
-            state = json.loads(record.read_text())
+            state = json.loads((self.folder / PROGRESS).read_text())
+            if state["fingerprint"] != self.fingerprint:
+                raise ValueError("the data, encoder or settings changed")
             self.features = np.load(self.features_path, mmap_mode="r+")
-            if state["fingerprint"] != self.fingerprint or self.features.shape != shape:
-                raise ValueError("changed")
+            if self.features.shape != shape:
+                raise ValueError(f"features.npy has shape {self.features.shape}, expected {shape}")
             self.done = int(state["done"])
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError) as err:
             if self.folder.exists():
-                log.info("starting %s afresh (no usable partial extraction)", self.folder)
+                log.info("starting %s afresh: %s", self.folder, err)
                 shutil.rmtree(self.folder)
             self.folder.mkdir(parents=True)
             self.features = np.lib.format.open_memmap(self.features_path, mode="w+", dtype=DTYPE, shape=shape)
@@ -222,8 +231,9 @@ class Scratch:
         finite = np.isfinite(values).all(axis=(1, 2))
         if not finite.all():
             row = int(rows[np.argmin(finite)])
-            raise ValueError(f"features of sample {str(ids[row]) if ids is not None else row!r} hold NaN, inf or values "
-                             f"beyond the float16 range (|x| > 65504)")
+            name = str(ids[row]) if ids is not None else row
+            raise ValueError(f"features of sample {name!r} hold NaN, inf or values beyond the float16 range "
+                             f"(|x| > 65504)")
         order = np.argsort(rows)
         self.features[rows[order]] = values[order]
         self.features.flush()
@@ -232,15 +242,11 @@ class Scratch:
 
 
 def load_model(encoder_dir: Path | str, dev, compute_dtype):
-    """The encoder in eval mode on ``dev``; on a GPU the weights load straight there (no host copy of 26 GB)."""
-    import importlib.util
-
+    """The encoder in eval mode on ``dev``, in ``compute_dtype``; weights load straight onto the device (a 26 GB
+    Llama-2-13B never passes through host memory as a whole)."""
     from transformers import AutoModel
 
-    kwargs = {"dtype": compute_dtype}
-    if dev.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
-        kwargs["device_map"] = {"": dev.index if dev.index is not None else 0}
-    return AutoModel.from_pretrained(encoder_dir, **kwargs).to(dev).eval()
+    return AutoModel.from_pretrained(encoder_dir, dtype=compute_dtype, device_map=dev).eval()
 
 
 def masked_mean(states, mask):

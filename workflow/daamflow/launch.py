@@ -382,7 +382,7 @@ def run_calls(
         _cancel(kind, entry["job_id"])
     tracked = [Tracked(n, i, _job(kind, attach[n]["folder"], attach[n]["job_id"])) for i, n in enumerate(names) if n in attach]
     if tracked:
-        log.info("re-attached to running job(s) %s", ", ".join(f"{t.name}={t.job.job_id}" for t in tracked))
+        log.info("re-attached to queued/running job(s) %s", ", ".join(f"{t.name}={t.job.job_id}" for t in tracked))
     todo = [i for i, n in enumerate(names) if n not in attach]
 
     executor = make_executor(launcher, job_name, folder) if todo else None
@@ -394,10 +394,8 @@ def run_calls(
         free = limit - len(tracked)
         if todo and free > 0:
             batch, todo = todo[:free], todo[free:]
-            if launcher["allow_nested"]:
-                with submitit.helpers.clean_env():
-                    jobs = _submit(executor, wrapped, kind, [calls[i] for i in batch])
-            else:
+            # a permitted nested submission must not pass this allocation's SLURM_* variables on
+            with submitit.helpers.clean_env() if launcher["allow_nested"] else contextlib.nullcontext():
                 jobs = _submit(executor, wrapped, kind, [calls[i] for i in batch])
             _record(out_dir, record, {names[i]: _entry(kind, calls[i], j, folder) for i, j in zip(batch, jobs)})
             tracked += [Tracked(names[i], i, j) for i, j in zip(batch, jobs)]

@@ -25,7 +25,9 @@ METHODS = (
 )
 DATASETS = ("iemocap", "cifar100", "agnews")
 UNITS = {"fold": "F", "run": "R"}  # unit -> column prefix of the paper's tables (F1..F5, R1..R5)
-SECTIONS = ("meta", "accuracy", "summary", "parameters", "learned_ranges", "if_ablation")
+SECTIONS = ("meta", "accuracy", "summary", "parameters", "learned_ranges", "if_ablation", "text_claims")
+TEXT_CLAIM_UNITS = ("times", "percent")
+TEXT_CLAIM_RELATIONS = ("at_least", "at_most")
 
 # Rounding bound used by `consistency`: per-run values are printed to 0.1, so each may be off by 0.05, which moves
 # a mean or a population std by at most 0.05; the printed statistic adds half a unit of its own last digit.
@@ -58,7 +60,7 @@ def load_published(path: str | os.PathLike | None = None) -> dict[str, Any]:
         path: the YAML file; default: :func:`default_path`.
     Returns:
         The parsed mapping (sections ``meta``, ``accuracy``, ``summary``, ``parameters``, ``learned_ranges``,
-        ``if_ablation``), key order as in the file (= the paper's row order).
+        ``if_ablation``, ``text_claims``), key order as in the file (= the paper's row order).
     Raises:
         FileNotFoundError: the file does not exist.
         PublishedError: a key or value is missing, unknown or of the wrong type (the message gives its path).
@@ -275,6 +277,7 @@ class _Validator:
         self.check_summary(data["summary"])
         self.check_parameters(data["parameters"])
         self.check_learned_ranges(data["learned_ranges"])
+        self.check_text_claims(data["text_claims"])
 
     def check_meta(self, meta: Any, data: dict) -> None:
         self.mapping(
@@ -389,3 +392,18 @@ class _Validator:
                     self.numbers(rec["values"], f"{sw}.values", block["n"], 0, 100)
                 if "std" in rec:
                     self.number(rec["std"], f"{sw}.std", 0, 100)
+
+    def check_text_claims(self, tc: Any) -> None:
+        self.mapping(tc, "text_claims", {"source", "items"}, {"note"})
+        items = tc["items"]
+        if not isinstance(items, dict) or not items:
+            self.fail("text_claims.items", "expected a non-empty mapping claim id -> record")
+        for name, rec in items.items():
+            where = f"text_claims.items.{name}"
+            self.mapping(rec, where, {"value", "unit", "relation", "source", "quote"})
+            self.range_(rec["value"], f"{where}.value")
+            if rec["unit"] not in TEXT_CLAIM_UNITS:
+                self.fail(f"{where}.unit", f"expected one of {TEXT_CLAIM_UNITS}, got {rec['unit']!r}")
+            if rec["relation"] not in TEXT_CLAIM_RELATIONS:
+                self.fail(f"{where}.relation", f"expected one of {TEXT_CLAIM_RELATIONS}, got {rec['relation']!r}")
+            self.text(rec["quote"], f"{where}.quote")

@@ -17,17 +17,13 @@ import argparse
 import logging
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from . import claims as C  # noqa: E402
-from .atomic import atomic_write, write_csv, write_json, write_text  # noqa: E402
-from .published import METHODS as PUBLISHED_METHODS  # noqa: E402
-from .published import UNITS, load_published, published_parameters, published_table  # noqa: E402
+from . import claims as C
+from .atomic import atomic_write, write_csv, write_json, write_text
+from .published import METHODS as PUBLISHED_METHODS
+from .published import UNITS, load_published, published_parameters, published_table
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +92,8 @@ def _display(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     for stat_mean in [c for c in shown.columns if c == "mean" or c.endswith("_mean")]:
         prefix = stat_mean[: -len("mean")]
         shown[f"{prefix}μ ± σ"] = [
-            f"{m:.1f} ± {s:.2f}" if pd.notna(m) else "" for m, s in zip(shown[stat_mean], shown[f"{prefix}std"])
+            ("" if pd.isna(m) else f"{m:.1f}" if pd.isna(s) else f"{m:.1f} ± {s:.2f}")
+            for m, s in zip(shown[stat_mean], shown[f"{prefix}std"])
         ]
         shown = shown.drop(columns=[stat_mean, f"{prefix}std"] + ([f"{prefix}n"] if f"{prefix}n" in shown else []))
     params = [c for c in shown.columns if c.startswith("params")]
@@ -127,6 +124,11 @@ def write_table(
 
 def accuracy_figure(runs: pd.DataFrame, path: Path, title: str) -> None:
     """Per-fold accuracy of each method (dots) with the mean (bar), one colour per protocol."""
+    import matplotlib  # here, not at module level: the table-only report jobs never draw
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     methods = _order(runs["method"].unique())
     protocols = sorted(runs["protocol"].unique())
     width = 0.8 / len(protocols)
@@ -360,7 +362,8 @@ def claims_report(runs: pd.DataFrame, paper_of: dict[str, str], params_csv: Path
     written = write_table(
         table, Path(tables_dir) / "claims",
         f"The paper's headline claims against our runs: mean paired difference over folds/seeds, 95% paired "
-        f"bootstrap CI (seed {seed}), paired t-test p; margin {margin:g} points{stand}",
+        f"bootstrap CI (seed {seed}), paired t-test p; margin {margin:g} points{stand}. Parameter claims: the "
+        "registry's counts at the paper's shapes, the bracket is the rounding interval of Table 1's LoRA count",
         shown=C.display_claims(table),
     )
     paired = C.paired_comparisons(runs, seed)
@@ -394,12 +397,12 @@ def history_curve(run_table: Path) -> tuple[str, pd.DataFrame]:
 
 
 def layer_curve(per_layer: Path, probe: Path | None) -> pd.DataFrame:
-    """Per layer: share of the summed IF (%) and, when probed, the linear probe's mean accuracy (%)."""
+    """Per layer: share of the summed IF (%) and the linear probe's mean accuracy (%), empty when not probed (the
+    column is always there: a `dvc plots` definition naming it fails on a file without it)."""
     table = pd.read_csv(per_layer)
     curve = pd.DataFrame({"layer": table["layer"], "if_share_pct": 100 * table["share_mean"]})
-    if probe is not None:
-        acc = pd.read_csv(probe).groupby("layer")["accuracy"].mean()
-        curve["probe_accuracy_pct"] = 100 * curve["layer"].map(acc)
+    acc = pd.read_csv(probe).groupby("layer")["accuracy"].mean() if probe is not None else pd.Series(dtype=float)
+    curve["probe_accuracy_pct"] = 100 * curve["layer"].map(acc).astype(float)
     return curve
 
 

@@ -298,6 +298,8 @@ def train_all(
     if calls and launcher and launcher.get("kind", "inline") != "inline":
         from .launch import run_calls
 
+        for call in calls:  # a fold job gets the CPUs it asked SLURM for, not the submitting job's threads
+            call["threads"] = launcher.get("cpus_per_task", threads)
         run_calls(run_fold, calls, launcher, out_dir)
     else:
         for kwargs in tqdm(calls, desc=f"{settings['method']} folds", disable=len(calls) < 2, leave=False):
