@@ -18,6 +18,10 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+# `snakemake --report results/report.html`: this description, then every output flagged with report() in rules/.
+report: "report/workflow.rst"
+
+
 
 # Fails before any job runs, naming every bad key; the same schema as config/schema.yaml, defaults filled in.
 validate_config(config)

@@ -10,7 +10,7 @@ the processor of a tiny 3-channel BEiT with 16x16 patches. For each:
   * embed     - ``daamflow.embed.embed`` end to end (load, tokenise/plan, extract, write and hash the store) and its
                 extraction loop alone (``manifest.timing.extract_seconds``: decode, forward, pooling, shard writes);
   * bare      - the model forward alone (``output_hidden_states=True``) over the very same length-sorted batches,
-                collated beforehand: the floor no extraction pipeline can beat;
+                collated and on the device beforehand: the floor no extraction pipeline can beat;
   * per-sample - the released code's way: one sample at a time (processor, forward, per-layer mean, numpy), timed on
                 ``--per-sample`` samples and reported as a rate.
 Rates are samples per second from the minimum time over ``--repeats`` runs of each, all three interleaved so that
@@ -113,7 +113,8 @@ def per_sample(workload: str, data: Path, encoder: Path, dev, dtype, count: int)
 
 
 def bare_forward(workload: str, data: Path, encoder: Path, dev, dtype, batch_size: int):
-    """A function timing the model forward alone over the embed step's own batches (collated beforehand)."""
+    """A function running the model forward alone over the embed step's own batches (collated and moved to the
+    device beforehand)."""
     from transformers import AutoConfig
 
     from daamflow.manifest import read_prepared
@@ -122,14 +123,13 @@ def bare_forward(workload: str, data: Path, encoder: Path, dev, dtype, batch_siz
     modality = meta["modality"]
     inputs = make_inputs(modality, df, data, load_processor(encoder, modality), AutoConfig.from_pretrained(encoder),
                          None)
-    feeds = [inputs.collate(rows)[1] for rows in plan_batches(inputs.lengths, batch_size)]
+    feeds = [inputs.to_device(inputs.collate(rows)[1], dev, dtype) for rows in plan_batches(inputs.lengths, batch_size)]
     model = load_model(encoder, dev, dtype)
     options = {"use_cache": False} if modality == "text" and hasattr(model.config, "use_cache") else {}
 
     def run() -> None:
         with torch.inference_mode():
             for feed in feeds:
-                feed = {k: v.to(dev, dtype=dtype) if v.is_floating_point() else v.to(dev) for k, v in feed.items()}
                 model(**feed, **options, output_hidden_states=True)
             if dev.type == "cuda":
                 torch.cuda.synchronize()

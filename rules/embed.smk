@@ -30,10 +30,11 @@ rule embed:
     resources:
         mem_mb=4000,
         runtime=60,
-    # worker count and progress-record size do not change the features: read from config in the command, not params
-    # (a changed param would rerun the extraction)
+        # decoding processes beside the encoder: a resource, not a param, as they do not change the features (a
+        # changed param would rerun the whole extraction)
+        embed_workers=config["embed"]["num_workers"],
     shell:
         "daamflow embed --data {params.data} --encoder {params.encoder} --out {params.out}"
         " --batch-size {params.batch_size} --layers {params.layers} --device {params.device} {params.max_length}"
-        " --dtype {params.dtype} --threads {threads} --no-progress"
-        " --num-workers {config[embed][num_workers]} --shard-rows {config[embed][shard_rows]} > {log} 2>&1"
+        " --dtype {params.dtype} --threads {threads} --num-workers {resources.embed_workers} --no-progress"
+        " > {log} 2>&1"

@@ -5,8 +5,20 @@ rule importance_map:
     output:
         per_layer=f"{R}/importance/{{dataset}}/{{protocol}}/per_layer.csv",
         layers=f"{R}/importance/{{dataset}}/{{protocol}}/layers.json",
-        heatmap=f"{R}/figures/{{dataset}}_{{protocol}}_if_heatmap.png",
-        bars=f"{R}/figures/{{dataset}}_{{protocol}}_if_layers.png",
+        heatmap=report(
+            f"{R}/figures/{{dataset}}_{{protocol}}_if_heatmap.png",
+            caption="../report/if_figures.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={"figure": "IF heatmap ({protocol})"},
+        ),
+        bars=report(
+            f"{R}/figures/{{dataset}}_{{protocol}}_if_layers.png",
+            caption="../report/if_figures.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={"figure": "IF per layer ({protocol})"},
+        ),
     params:
         runs=lambda w, input: os.path.dirname(input.runs),
         out=lambda w, output: os.path.dirname(output.layers),
@@ -64,10 +76,25 @@ rule ablation_table:
         runs=lambda w: targets.ablation_run_tables(config, w.dataset),
         layers=expand(f"{R}/importance/{{{{dataset}}}}/{{protocol}}/layers.json", protocol=config["protocols"]),
     output:
-        tables=multiext(f"{R}/tables/{{dataset}}_ablation", ".csv", ".md", ".tex"),
+        tables=[
+            report(
+                f"{R}/tables/{{dataset}}_ablation.csv",
+                caption="../report/ablation.rst",
+                category="Tables",
+                subcategory="{dataset}",
+                labels={"table": "{dataset}_ablation"},
+            ),
+            f"{R}/tables/{{dataset}}_ablation.md",
+            f"{R}/tables/{{dataset}}_ablation.tex",
+        ],
     params:
         stem=lambda w, output: output.tables[0][: -len(".csv")],
         layers=lambda w, input: " ".join(f"{p}={f}" for p, f in zip(config["protocols"], input.layers)),
+        paper=lambda w: (
+            f"--paper-dataset {targets.paper_datasets(config)[w.dataset]}"
+            if w.dataset in targets.paper_datasets(config)
+            else ""
+        ),
     conda:
         "../envs/daamflow.yaml"
     log:
@@ -80,7 +107,7 @@ rule ablation_table:
         runtime=10,
     shell:
         "daamflow importance ablation --runs {input.runs} --layers {params.layers} --out-table {params.stem}"
-        " --title {wildcards.dataset} > {log} 2>&1"
+        " --title {wildcards.dataset} {params.paper} > {log} 2>&1"
 
 
 rule probe:
@@ -115,8 +142,24 @@ rule correlate:
         probe=f"{R}/probes/{{dataset}}/{{protocol}}/probe.csv",
         weights=lambda w: runs_of(w, "weighted_sum") if "weighted_sum" in config["methods"] else [],
     output:
-        tables=multiext(f"{R}/tables/{{dataset}}_{{protocol}}_if_probe", ".csv", ".md", ".tex"),
-        figure=f"{R}/figures/{{dataset}}_{{protocol}}_if_probe.png",
+        tables=[
+            report(
+                f"{R}/tables/{{dataset}}_{{protocol}}_if_probe.csv",
+                caption="../report/if_probe.rst",
+                category="Tables",
+                subcategory="{dataset}",
+                labels={"table": "{dataset}_{protocol}_if_probe"},
+            ),
+            f"{R}/tables/{{dataset}}_{{protocol}}_if_probe.md",
+            f"{R}/tables/{{dataset}}_{{protocol}}_if_probe.tex",
+        ],
+        figure=report(
+            f"{R}/figures/{{dataset}}_{{protocol}}_if_probe.png",
+            caption="../report/if_probe.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={"figure": "IF vs probe accuracy ({protocol})"},
+        ),
     params:
         probes=lambda w, input: os.path.dirname(input.probe),
         weights=lambda w, input: f"--weights-runs {os.path.dirname(input.weights)}" if input.weights else "",
@@ -142,10 +185,21 @@ rule learned_parameters:
     input:
         runs=[f"{d}/runs.csv" for d in targets.daam_run_dirs(config)],
     output:
-        tables=multiext(f"{R}/tables/learned_parameters", ".csv", ".md", ".tex"),
+        tables=[
+            report(
+                f"{R}/tables/learned_parameters.csv",
+                caption="../report/learned_parameters.rst",
+                category="Paper tables",
+                subcategory="learned parameters",
+                labels={"table": "learned δ/ξ ranges"},
+            ),
+            f"{R}/tables/learned_parameters.md",
+            f"{R}/tables/learned_parameters.tex",
+        ],
     params:
         runs=lambda w, input: [os.path.dirname(p) for p in input.runs],
         stem=lambda w, output: output.tables[0][: -len(".csv")],
+        pairs=" ".join(f"{d}={p}" for d, p in targets.paper_datasets(config).items()),
     conda:
         "../envs/daamflow.yaml"
     log:
@@ -157,4 +211,5 @@ rule learned_parameters:
         mem_mb=1000,
         runtime=10,
     shell:
-        "daamflow importance ranges --runs {params.runs} --out-table {params.stem} > {log} 2>&1"
+        "daamflow importance ranges --runs {params.runs} --out-table {params.stem} --paper-datasets {params.pairs}"
+        " > {log} 2>&1"

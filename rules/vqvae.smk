@@ -30,9 +30,21 @@ rule vqvae_table:
     input:
         runs=targets.vqvae_runs(config),
     output:
-        csv=f"{R}/tables/vqvae.csv",
+        csv=report(
+            f"{R}/tables/vqvae.csv",
+            caption="../report/vqvae.rst",
+            category="Tables",
+            subcategory="VQ-VAE",
+            labels={"table": "vqvae"},
+        ),
         md=f"{R}/tables/vqvae.md",
-        grid=f"{R}/figures/vqvae_reconstructions.png",
+        grid=report(
+            f"{R}/figures/vqvae_reconstructions.png",
+            caption="../report/vqvae.rst",
+            category="Figures",
+            subcategory="VQ-VAE",
+            labels={"figure": "reconstructions"},
+        ),
     params:
         runs=lambda w, input: [os.path.dirname(p) for p in input.runs],
     conda:

@@ -204,3 +204,11 @@ def test_parse_pairs():
     assert C.parse_pairs(None) == {}
     with pytest.raises(ValueError, match="expected DATASET=PAPER_DATASET, got 'wordnet'"):
         C.parse_pairs(["wordnet"])
+
+
+def test_methods_without_shared_folds_are_skipped(pub):
+    runs = _runs({("paper", "daam_v1"): [70, 72], ("paper", "mha"): [60, 65]})
+    runs.loc[runs["method"] == "mha", "fold"] = ["run7", "run8"]
+    row = C.accuracy_claims(runs, {"toy": "iemocap"}, pub).set_index("claim").loc["daam_beats_mha_speech"]
+    assert row["verdict"] == C.SKIPPED and "share no fold/seed" in row["note"]
+    assert C.paired_comparisons(runs).empty

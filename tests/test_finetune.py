@@ -63,10 +63,12 @@ def data(tmp_path_factory) -> dict[str, Path]:
     for i, r in enumerate(rows):
         wave = 8000 * np.sin(2 * np.pi * (200 if r["label"] else 700) * t) + 300 * rng.standard_normal(len(t))
         wavfile.write(root / f"audio/wav/{r['id']}.wav", 16_000, wave.astype(np.int16))
+    image = [{**r, "image_index": i} for i, r in enumerate(rows)]
+    audio = [{**r, "path": f"wav/{r['id']}.wav"} for r in rows]
     return {
         "text": write_prepared(root / "text", "text", text, ["animal", "plant"]),
-        "image": write_prepared(root / "image", "image", [{**r, "image_index": i} for i, r in enumerate(rows)], ["a", "b"]),
-        "audio": write_prepared(root / "audio", "audio", [{**r, "path": f"wav/{r['id']}.wav"} for r in rows], ["a", "b"]),
+        "image": write_prepared(root / "image", "image", image, ["a", "b"]),
+        "audio": write_prepared(root / "audio", "audio", audio, ["a", "b"]),
     }
 
 
@@ -154,12 +156,14 @@ def test_quirk_switches_change_only_their_setting():
 
 
 def test_released_suffix_turns_every_quirk_on_and_is_its_own_row():
-    config = _config(released={"training": {"by_modality": {"text": {"epochs": 1, "batch_size": 1}}}, "max_length": 128})
+    released_setup = {"training": {"by_modality": {"text": {"epochs": 1, "batch_size": 1}}}, "max_length": 128}
+    config = _config(released=released_setup)
     released = finetune_settings(config, "llm", "loraplus_r4@released", "paper")
     assert all(released["finetune"]["quirks"].values())
     assert released["method"] == "loraplus_r4" and released["label"] == "loraplus_r4@released"
     assert released["hyper"]["epochs"] == 1 and released["hyper"]["batch_size"] == 1
-    assert released["finetune"]["max_length"] == 128 and released["finetune"]["targets"]["llama"] == ["q_proj", "v_proj"]
+    assert released["finetune"]["max_length"] == 128
+    assert released["finetune"]["targets"]["llama"] == ["q_proj", "v_proj"]
     plain = finetune_settings(config, "llm", "loraplus_r4", "paper")
     assert plain["hyper"]["epochs"] == 3 and "label" not in plain
     metrics = {k: 0 for k in ("seed", "accuracy", "macro_f1", "best_epoch", "epochs_run", "params",
@@ -275,7 +279,8 @@ def test_finetune_rule_in_the_workflow(tmp_path):
     runs = pd.read_csv(run_dir / "runs.csv")
     metrics = {"seed": 0, "accuracy": 0, "macro_f1": 0, "best_epoch": 0, "epochs_run": 0, "params": 0,
                "params_without_classifier": 0, "wall_time_s": 0, "settings_hash": ""}
-    assert list(runs.columns) == list(run_row({"dataset": "", "encoder": "", "protocol": "", "method": ""}, "", metrics, {}))
+    names = {"dataset": "", "encoder": "", "protocol": "", "method": ""}
+    assert list(runs.columns) == list(run_row(names, "", metrics, {}))  # the heads' columns
     assert runs["fold"].tolist() == ["run1", "run2"] and set(runs["method"]) == {"lora_r4"}
     first = json.loads((run_dir / "run1/metrics.json").read_text())
     assert first["settings"]["finetune"]["rank"] == 4 and first["epochs_run"] == 1

@@ -1,18 +1,21 @@
 """Model inputs for the embed step: per-modality input pipelines that turn a list of manifest rows into one padded
 batch, and the length-sorted batch plan.
 
-Each pipeline exposes ``lengths`` (one per sample, in the model's input units, known before any batch is built),
-``collate(rows) -> (rows, model inputs, pooling mask or None)``, ``mask_in_samples`` (the mask counts input
-samples that the model maps to frames, as audio) and ``worth_workers`` (whether collating costs enough to run in
-worker processes: decoding audio and resizing images do; gathering pre-tokenised text does not, and shipping its
-batches between processes would cost more than building them). ``collate`` runs in DataLoader workers (it may be
-pickled to them): it holds only arrays, paths and the processor, never the model, and opens files lazily.
+Each pipeline exposes
+- ``lengths``: one per sample, in the model's input units, known before any batch is built;
+- ``collate(rows) -> (rows, model inputs, pooling mask or None)``: runs in DataLoader workers (it may be pickled to
+  them), so a pipeline holds only arrays, paths and the processor, never the model, and opens files lazily;
+- ``to_device(inputs, device, dtype)``: the main process's last step before the forward;
+- ``mask_in_samples``: the pooling mask counts input samples that the model maps to frames (audio);
+- ``worth_workers``: whether collating costs enough to run in workers (decoding audio and resizing images do;
+  gathering pre-tokenised text does not, and shipping its batches between processes would cost more).
 
 Input contracts of a prepared folder (``manifest.csv`` + files):
 - text: column ``text``; tokenised once, in bulk, when the pipeline is built (a fast tokenizer over the whole
   column), so a batch is a vectorised gather of token ids with right padding;
 - image: ``images.npy`` uint8, (n, H, W) grayscale or (n, H, W, C) channels last, and column ``image_index``;
-  grayscale data is repeated to 3 channels for an RGB encoder; the image processor resizes and normalises;
+  grayscale data is repeated to 3 channels for an RGB encoder; the image processor resizes in the workers and the
+  batch travels as uint8, its rescale and normalisation (the processor's own factors) then run on the device;
 - audio: column ``path`` (a wav file, relative to the prepared folder or absolute) with optional columns
   ``start``/``end`` (a sample span at the file's own rate, end exclusive; empty = the whole file) and ``pad_to``
   (a length at the encoder's rate: the clip is cut or zero-padded to it and pooled over the whole padded length,
@@ -52,10 +55,22 @@ def make_inputs(modality: str, df: pd.DataFrame, data_dir: Path, processor, conf
     return ImageInputs(df, data_dir, processor, config.num_channels)
 
 
-class TextInputs:
+class _Inputs:
+    """What the pipelines share: the defaults of the flags, and moving a batch to the device."""
+
+    mask_in_samples, worth_workers = False, True
+
+    @staticmethod
+    def to_device(inputs: dict, dev, dtype) -> dict:
+        """Tensors onto the device; floating ones (waveforms, pixels) in the compute dtype."""
+        return {k: v.to(dev, dtype=dtype, non_blocking=True) if v.is_floating_point() else v.to(dev, non_blocking=True)
+                for k, v in inputs.items()}
+
+
+class TextInputs(_Inputs):
     """Pre-tokenised text: one flat array of token ids plus offsets; batches are vectorised gathers."""
 
-    mask_in_samples, worth_workers = False, False
+    worth_workers = False
 
     def __init__(self, df: pd.DataFrame, tokenizer, config, max_length: int | None):
         positions = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
@@ -100,10 +115,10 @@ def _wav_header(path: str) -> tuple[int, int]:
     return rate, data.shape[0]
 
 
-class AudioInputs:
+class AudioInputs(_Inputs):
     """Wav segments read, resampled and normalised per batch (in the workers), through the feature extractor."""
 
-    mask_in_samples, worth_workers = True, True
+    mask_in_samples = True
 
     def __init__(self, df: pd.DataFrame, data_dir: Path, extractor):
         self.extractor, self.rate = extractor, int(extractor.sampling_rate)
@@ -164,10 +179,8 @@ class AudioInputs:
         return rows, inputs, mask
 
 
-class ImageInputs:
+class ImageInputs(_Inputs):
     """Images gathered from ``images.npy`` and run through the encoder's image processor (resize, normalise)."""
-
-    mask_in_samples, worth_workers = False, True
 
     def __init__(self, df: pd.DataFrame, data_dir: Path, processor, channels: int):
         self.path, self.processor, self.channels = Path(data_dir) / "images.npy", processor, int(channels)
@@ -181,6 +194,13 @@ class ImageInputs:
         if self.index.max() >= len(images):
             raise ValueError(f"{data_dir}: image_index up to {self.index.max()} but images.npy has {len(images)}")
         self.lengths = np.zeros(len(df), dtype=np.int64)  # one size: the processor resizes every image alike
+        # rescale and normalise on the device: 2.3x less work per image in the workers, 4x less data to move
+        names = ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")
+        self.deferred = all(hasattr(processor, name) for name in names)
+        if self.deferred:
+            self.scale = float(processor.rescale_factor) if processor.do_rescale else 1.0
+            self.mean = np.asarray(processor.image_mean if processor.do_normalize else 0.0, dtype=np.float32)
+            self.std = np.asarray(processor.image_std if processor.do_normalize else 1.0, dtype=np.float32)
         self._images = None  # opened in the process that reads (a memory map does not survive pickling cheaply)
 
     def __getstate__(self):
@@ -194,5 +214,16 @@ class ImageInputs:
             images = images[..., None]
         if images.shape[-1] == 1 and self.channels == 3:  # grayscale data, RGB encoder
             images = np.repeat(images, 3, axis=-1)
-        enc = self.processor(list(images), return_tensors="pt", input_data_format="channels_last")
+        deferred = {"do_rescale": False, "do_normalize": False} if self.deferred else {}
+        enc = self.processor(list(images), return_tensors="pt", input_data_format="channels_last", **deferred)
         return rows, {"pixel_values": enc["pixel_values"]}, None
+
+    def to_device(self, inputs: dict, dev, dtype) -> dict:
+        if not self.deferred:
+            return super().to_device(inputs, dev, dtype)
+        import torch
+
+        pixels = inputs["pixel_values"].to(dev, non_blocking=True).float()
+        mean = torch.as_tensor(self.mean, device=dev).reshape(-1, 1, 1)
+        std = torch.as_tensor(self.std, device=dev).reshape(-1, 1, 1)
+        return {"pixel_values": ((pixels * self.scale - mean) / std).to(dtype)}

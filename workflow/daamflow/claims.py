@@ -158,7 +158,7 @@ def _published_values(pub: dict, paper_dataset: str, method: str) -> list[float]
 
 
 def _pairing_note(paper_dataset: str, a: str, b: str) -> str:
-    if paper_dataset == "iemocap" and any(m.startswith(("lora", "loraplus")) for m in (a, b)):
+    if paper_dataset == "iemocap" and any(m.startswith("lora") for m in (a, b)):  # LoRA and LoRA+
         return "published LoRA folds follow GroupKFold, not Session1-5: pairing them by position is approximate"
     return ""
 
@@ -214,6 +214,8 @@ def _compare(claim: Claim, dataset: str, protocol: str, runs: pd.DataFrame, publ
     if a is None or b is None:
         return {**row, "verdict": SKIPPED, "note": "; ".join(notes)}
     pairs = wide[[a, b]].dropna()
+    if pairs.empty:
+        return {**row, "verdict": SKIPPED, "note": "; ".join([*notes, f"{a} and {b} share no fold/seed"])}
     effect, low, high = paired_bootstrap(pairs[a], pairs[b], seed)
     params = runs.groupby("method")["params"].first()
     return {
@@ -236,6 +238,8 @@ def paired_comparisons(runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         for a in daam:
             for b in baselines:
                 pairs = wide[[a, b]].dropna()
+                if pairs.empty:  # no shared fold/seed: nothing to pair
+                    continue
                 effect, low, high = paired_bootstrap(pairs[a], pairs[b], seed)
                 rows.append({
                     "dataset": dataset, "protocol": protocol, "daam": a, "baseline": b, "n": len(pairs),

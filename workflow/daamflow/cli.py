@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encoder": ("daamflow.datacmds:ENCODER", "make a from_pretrained-loadable encoder folder (package, tiny or hub)"),
     "embed": ("daamflow.datacmds:EMBED", "encode a prepared dataset into the feature store (per-layer pooled X)"),
     "train": ("daamflow.train", "train one head on all folds/seeds of one (dataset, encoder, protocol, method)"),
-    "report": ("daamflow.report", "tables (csv, md, tex), figures and summary.md from the run tables"),
+    "report": ("daamflow.report", "tables, figures, the paper's tables beside ours, claims, curves and summary.md"),
     "importance": ("daamflow.analysis", "IF maps and heatmaps, layer ablation choice, per-layer probes, correlations"),
     "vqvae": ("daamflow.vqvae", "VQ-VAE plain vs Mixture-of-DAAM: train one run, or combine runs into a table and grid"),
     "params": ("daamflow.paramtable", "print the paper's parameter table (Table 1) computed from the model registry"),

@@ -91,7 +91,6 @@ def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, ba
         "layers": layers, "layer_indices": keep, "compute_dtype": str(compute_dtype).removeprefix("torch."),
         "device": dev.type, "batch_size": batch_size,
         "max_length": getattr(inputs, "max_length", None),
-        "shard_batches": max(1, shard_rows // batch_size),
     }
     fingerprint = {
         "shape": list(shape), "settings": settings, "encoder_weights_sha256": info["weights"],
@@ -105,8 +104,9 @@ def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, ba
     if resumed_at < len(batches):
         model = load_model(encoder_dir, dev, compute_dtype)
         t0, cpu0 = time.perf_counter(), time.process_time()
-        _extract(model, inputs, batches, keep, dev, compute_dtype, scratch, settings["shard_batches"], num_workers,
-                ids=df["id"].to_numpy(), desc=f"embed {meta['source']} with {info['name']}", progress=progress)
+        _extract(model, inputs, batches, keep, dev, compute_dtype, scratch, max(1, shard_rows // batch_size),
+                 num_workers, ids=df["id"].to_numpy(), desc=f"embed {meta['source']} with {info['name']}",
+                 progress=progress)
         extract_seconds, extract_cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     manifest = {
         "encoder": info["name"],
@@ -120,7 +120,6 @@ def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, ba
         "modality": modality,
         **settings,
         "pooling": POOLING[modality],
-        "num_workers": num_workers,
         "timing": {
             "resumed_at_batch": resumed_at, "batches": len(batches), "extract_seconds": round(extract_seconds, 3),
             "extract_cpu_seconds": round(extract_cpu_seconds, 3),  # this process (threads), not its workers
@@ -152,7 +151,7 @@ def _extract(model, inputs, batches: list[np.ndarray], keep: list[int], dev, com
         with torch.inference_mode():
             for rows, feed, mask in tqdm(loader, desc=desc, unit="batch", total=len(batches), initial=done,
                                          disable=not progress):
-                feed = {k: _to(v, dev, compute_dtype) for k, v in feed.items()}
+                feed = inputs.to_device(feed, dev, compute_dtype)
                 hidden = model(**feed, **options, output_hidden_states=True).hidden_states
                 if len(hidden) != num_states:
                     raise RuntimeError(f"{type(model).__name__} returned {len(hidden)} hidden states, "
@@ -250,7 +249,7 @@ def load_model(encoder_dir: Path | str, dev, compute_dtype):
 
 
 def masked_mean(states, mask):
-    """Mean of ``states`` (B, T, d) over the positions where ``mask`` (B, T) is 1 (all if None), in float32 → (B, d)."""
+    """Mean of ``states`` (B, T, d) over the positions where ``mask`` (B, T) is 1 (all if None) → float32 (B, d)."""
     import torch
 
     if mask is None:
@@ -276,9 +275,3 @@ def resolve_device(device: str, dtype: str = "auto"):
     if dev.type == "cuda":
         return dev, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return dev, torch.float32
-
-
-def _to(value, dev, dtype):
-    """Move a tensor to the device; floating inputs (pixels, waveforms) take the model's dtype."""
-    return value.to(dev, dtype=dtype, non_blocking=True) if value.is_floating_point() else value.to(dev, non_blocking=True)
-

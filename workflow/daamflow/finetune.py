@@ -1,4 +1,4 @@
-"""LoRA / LoRA+ baselines: peft adapters on the encoder itself plus a pooled linear head (DESIGN §4, dossier §4.4-4.5).
+"""LoRA / LoRA+ baselines: peft adapters on the encoder itself and a pooled linear head (dossier §4.4-4.5).
 
 One call fine-tunes every fold/seed of one (dataset, encoder, protocol, method) from the *prepared data* (not the
 feature cache), with the heads' folds (``folds.make_splits`` over the manifest's label/group/split), protocols and run
@@ -23,10 +23,17 @@ import logging
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import read_settings, training_hyper
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from .folds import Split
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +94,10 @@ def finetune_settings(config: dict, dataset: str, method: str, protocol: str) ->
     quirks = dict.fromkeys(QUIRKS, True) if released else {q: bool(ft["quirks"][q]) for q in QUIRKS}
     if not plus:  # no LoRA+ optimiser, nothing to leave out of it: keep the hash of equivalent runs equal
         quirks["loraplus_head_outside_optimiser"] = False
-    targets = {**RELEASED_TARGETS, **ft["released_targets"]} if quirks["released_targets"] else {**DEFAULT_TARGETS, **ft["targets"]}
+    if quirks["released_targets"]:
+        targets = {**RELEASED_TARGETS, **ft["released_targets"]}
+    else:
+        targets = {**DEFAULT_TARGETS, **ft["targets"]}
     max_length = None
     if modality == "text":  # only text is cut to a length; keeping it out of other settings keeps their hash
         max_length = (released and ft["released"]["max_length"]) or ft["max_length"] or ds["embed"].get("max_length")
@@ -116,7 +126,8 @@ def finetune_settings(config: dict, dataset: str, method: str, protocol: str) ->
 
 
 # ----------------------------------------------------------------------------------------------------------- model
-def build_model(encoder_dir: Path | str, settings: dict, num_classes: int, dev=None, dtype=None):
+def build_model(encoder_dir: Path | str, settings: dict, num_classes: int, dev: torch.device | None = None,
+                dtype: torch.dtype | None = None) -> tuple[torch.nn.ModuleDict, torch.nn.Module, list[str]]:
     """The frozen encoder with peft LoRA adapters (``model["encoder"]``) and the linear head (``model["head"]``).
 
     Seeded by the caller. The encoder loads as the embed step loads it (straight onto a GPU ``dev``); ``dtype`` is
@@ -160,7 +171,7 @@ def build_model(encoder_dir: Path | str, settings: dict, num_classes: int, dev=N
     return torch.nn.ModuleDict({"encoder": encoder, "head": head}).to(dev), base, targets
 
 
-def _head(width: int, num_classes: int, modality: str, frozen_head: bool):
+def _head(width: int, num_classes: int, modality: str, frozen_head: bool) -> torch.nn.Sequential:
     import torch.nn as nn
 
     frozen = RELEASED_FROZEN_HEAD[modality] if frozen_head else "none"
@@ -178,7 +189,7 @@ def _head(width: int, num_classes: int, modality: str, frozen_head: bool):
     return head
 
 
-def make_optimiser(model, settings: dict):
+def make_optimiser(model: torch.nn.ModuleDict, settings: dict) -> torch.optim.Optimizer:
     """AdamW over the trainable adapters and head; LoRA+: peft's optimiser (η for A, λη for B and 1-d params)."""
     import torch
     from peft.optimizers import create_loraplus_optimizer
@@ -197,12 +208,12 @@ def make_optimiser(model, settings: dict):
     )
 
 
-def optimised(optimiser) -> set[int]:
+def optimised(optimiser: torch.optim.Optimizer) -> set[int]:
     """ids of the parameters the optimiser updates."""
     return {id(p) for group in optimiser.param_groups for p in group["params"]}
 
 
-def parameter_counts(model, optimiser) -> dict:
+def parameter_counts(model: torch.nn.ModuleDict, optimiser: torch.optim.Optimizer) -> dict:
     """Trained parameters (those the optimiser updates): adapters + head, and their parts; the frozen encoder size."""
     ids = optimised(optimiser)
     adapters = [p for n, p in model["encoder"].named_parameters() if "lora_" in n]
@@ -218,12 +229,13 @@ def parameter_counts(model, optimiser) -> dict:
     }
 
 
-def adapter_state(model) -> dict:
+def adapter_state(model: torch.nn.ModuleDict) -> dict:
     """The weights that are not the frozen encoder's: every adapter tensor and the whole head (CPU copies)."""
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if "lora_" in k or k.startswith("head.")}
 
 
-def load_adapter_state(model, state: dict) -> None:
+def load_adapter_state(model: torch.nn.ModuleDict, state: dict) -> None:
+    """Put ``adapter_state`` weights back; every adapter and head tensor must be in ``state``."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     absent = [k for k in missing if "lora_" in k or k.startswith("head.")]
     if unexpected or absent:
@@ -233,7 +245,8 @@ def load_adapter_state(model, state: dict) -> None:
 class Inputs:
     """Batches of prepared samples for the model: embed's input pipelines and its pooling rule."""
 
-    def __init__(self, data_dir: Path, df, modality: str, base, encoder_dir: Path, max_length: int | None):
+    def __init__(self, data_dir: Path, df: pd.DataFrame, modality: str, base: torch.nn.Module, encoder_dir: Path,
+                 max_length: int | None):
         from .batching import make_inputs
         from .encoders import load_processor
 
@@ -241,7 +254,8 @@ class Inputs:
         self.pipeline = make_inputs(modality, df, data_dir, load_processor(encoder_dir, modality), base.config,
                                     max_length if modality == "text" else None)
 
-    def logits(self, model, rows: np.ndarray, dev, dtype):
+    def logits(self, model: torch.nn.ModuleDict, rows: np.ndarray, dev: torch.device,
+               dtype: torch.dtype) -> torch.Tensor:
         """Encoder → masked mean of the last hidden state (embed's rule) → head."""
         from .embed import masked_mean
 
@@ -264,7 +278,8 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _predict(model, inputs: Inputs, rows: np.ndarray, batch_size: int, dev, dtype, use_amp: bool) -> np.ndarray:
+def _predict(model: torch.nn.ModuleDict, inputs: Inputs, rows: np.ndarray, batch_size: int, dev: torch.device,
+             dtype: torch.dtype, use_amp: bool) -> np.ndarray:
     import torch
 
     model.eval()
@@ -275,7 +290,7 @@ def _predict(model, inputs: Inputs, rows: np.ndarray, batch_size: int, dev, dtyp
     return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
 
 
-def _without_gradient(model) -> list[str]:
+def _without_gradient(model: torch.nn.ModuleDict) -> list[str]:
     """Adapter tensors outside the autograd graph after a backward pass (a zero gradient is normal at first: B = 0)."""
     return [n for n, p in model["encoder"].named_parameters() if "lora_" in n and p.requires_grad and p.grad is None]
 
@@ -283,7 +298,7 @@ def _without_gradient(model) -> list[str]:
 def run_split(
     data_dir: Path | str,
     encoder_dir: Path | str,
-    split,
+    split: Split,
     settings: dict,
     out_dir: Path | str,
     device: str = "auto",
@@ -371,7 +386,8 @@ def run_split(
         acc = float((pred == labels[split.select]).mean())
         scheduler.step(acc)
         history.append(
-            {"epoch": epoch, "train_loss": total / max(seen, 1), "select_accuracy": acc, "lr": optimiser.param_groups[0]["lr"]}
+            {"epoch": epoch, "train_loss": total / max(seen, 1), "select_accuracy": acc,
+             "lr": optimiser.param_groups[0]["lr"]}
         )
         if acc > best["accuracy"]:  # strict, as train.py: the earliest best epoch wins
             best = {"accuracy": acc, "epoch": epoch, "state": adapter_state(model)}
@@ -415,7 +431,8 @@ def run_split(
         "versions": {**versions(), **_library_versions()},
     }
     write_csv(out_dir / "history.csv", pd.DataFrame(history))
-    write_csv(out_dir / "predictions.csv", pd.DataFrame({"id": df["id"].to_numpy()[split.test], "label": truth, "pred": pred}))
+    predictions = pd.DataFrame({"id": df["id"].to_numpy()[split.test], "label": truth, "pred": pred})
+    write_csv(out_dir / "predictions.csv", predictions)
     write_json(out_dir / "metrics.json", metrics)  # last: its presence marks the fold finished
     log.info("%s %s: best epoch %d (selection accuracy %.4f), test accuracy %.4f, macro-F1 %.4f",
              method, split.name, best["epoch"], best["accuracy"], metrics["accuracy"], metrics["macro_f1"])
@@ -429,7 +446,7 @@ def _library_versions() -> dict:
     return {"peft": peft.__version__, "transformers": transformers.__version__}
 
 
-def splits_of(data_dir: Path | str, settings: dict) -> list:
+def splits_of(data_dir: Path | str, settings: dict) -> list[Split]:
     """The folds/seeded runs of a prepared dataset: the heads' ``make_splits`` over its manifest."""
     from .folds import make_splits
     from .manifest import read_prepared
@@ -465,7 +482,7 @@ def finetune_all(
     only: list[str] | None = None,
     threads: int = 1,
     launcher: dict | None = None,
-):
+) -> pd.DataFrame:
     """Run every fold/seed (or those in ``only``) and write ``out_dir/runs.csv``; finished folds are reused.
 
     ``launcher`` (see daamflow.launch) sends the unfinished folds out as one job array; by default they run here.
@@ -482,7 +499,8 @@ def finetune_all(
     info = read_encoder_info(encoder_dir)
     if info["modality"] != meta["modality"] or settings["finetune"]["modality"] != meta["modality"]:
         raise ValueError(f"encoder {info['name']} takes {info['modality']} input, the settings say "
-                         f"{settings['finetune']['modality']}, but dataset {meta['source']} ({data_dir}) is {meta['modality']}")
+                         f"{settings['finetune']['modality']}, but dataset {meta['source']} ({data_dir}) "
+                         f"is {meta['modality']}")
     splits = splits_of(data_dir, settings)
     if only:
         unknown = sorted(set(only) - {s.name for s in splits})
@@ -538,7 +556,7 @@ def main(args: argparse.Namespace) -> int:
     only = args.folds.split(",") if args.folds else None
     launcher = read_settings(args.launcher) if args.launcher else None
     frame = finetune_all(args.data, args.encoder, settings, args.out, args.device, only, args.threads, launcher)
-    log.info("%s/%s/%s: accuracy %s", settings["dataset"], settings["protocol"], settings.get("label", settings["method"]),
-             ", ".join(f"{a:.3f}" for a in frame["accuracy"]))
+    log.info("%s/%s/%s: accuracy %s", settings["dataset"], settings["protocol"],
+             settings.get("label", settings["method"]), ", ".join(f"{a:.3f}" for a in frame["accuracy"]))
     return 0
 

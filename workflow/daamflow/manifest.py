@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 MANIFEST_COLUMNS = ["id", "label", "label_name", "group", "split"]
+# the input of each modality; audio rows may also carry start/end/pad_to (the contracts: daamflow.batching)
 INPUT_COLUMN = {"text": "text", "image": "image_index", "audio": "path"}
 SPLITS = {"train", "test", ""}
 _STR_COLUMNS = {c: str for c in ("id", "label_name", "group", "split", "text", "path")}

@@ -19,7 +19,7 @@ BASE_URL = "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/dat
 CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 SIZES = {"train": 120_000, "test": 7_600}
 OPTIONS = {
-    "root": "data/agnews",  # where the CSVs are kept (relative to the working directory)
+    "root": "resources/agnews",  # where the CSVs are kept (relative to the working directory; git-ignored)
     "train_url": f"{BASE_URL}/train.csv",  # or a mirror, a file:// URL, or a local path
     "test_url": f"{BASE_URL}/test.csv",
     "sha256": None,  # {train: hex, test: hex} to pin the files; null: accept them and record their digests
@@ -28,7 +28,8 @@ OPTIONS = {
 }
 
 
-def download(root: Path | str, train_url: str, test_url: str, sha256: dict | None = None) -> dict[str, tuple[Path, dict]]:
+def download(root: Path | str, train_url: str, test_url: str,
+             sha256: dict | None = None) -> dict[str, tuple[Path, dict]]:
     """{split: (verified local CSV, provenance)}, downloading what is missing into ``root``."""
     sha256 = sha256 or {}
     unknown = sorted(set(sha256) - set(SIZES))

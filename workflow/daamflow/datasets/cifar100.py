@@ -22,7 +22,7 @@ URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # published with the dataset
 ARCHIVE = "cifar-100-python.tar.gz"
 OPTIONS = {
-    "root": "data/cifar100",  # where the tarball is kept (relative to the working directory)
+    "root": "resources/cifar100",  # where the tarball is kept (relative to the working directory; git-ignored)
     "url": URL,  # or a mirror, a file:// URL, or a local path
     "md5": MD5,  # null: accept any file (its md5 and sha256 are recorded in meta.json)
     "per_class_train": None,  # null: all 500 per class; a number: a seeded class-balanced subset
