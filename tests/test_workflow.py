@@ -73,8 +73,8 @@ def test_rerun_is_a_no_op(micro_run):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
-def test_default_config_dry_run_lists_the_whole_grid():
-    proc = snakemake("-n", "--quiet", "rules", timeout=120)
+def test_default_config_dry_run_lists_the_whole_grid(tmp_path):
+    proc = snakemake("-n", "--quiet", "rules", "--config", f"results_dir={tmp_path}", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = {}
     for line in proc.stdout.splitlines():
