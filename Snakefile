@@ -27,6 +27,12 @@ report: "report/workflow.rst"
 validate_config(config)
 
 
+# downloads and data preparation stay on the login node under a cluster profile (compute nodes often lack internet)
+localrules:
+    prepare,
+    encoder,
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/embed.smk"

@@ -37,3 +37,8 @@ def launcher_json():
 def runs_of(wildcards, method):
     """runs.csv of another method on the same dataset and protocol."""
     return targets.run_table(config, wildcards.dataset, wildcards.protocol, method)
+
+
+def dataset_resource(stage, key, default):
+    """A resource of a dataset's embed/train jobs from `datasets.<name>.resources.<stage>`, else the default."""
+    return lambda wildcards: config["datasets"][wildcards.dataset]["resources"].get(stage, {}).get(key, default)

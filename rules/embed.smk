@@ -28,8 +28,9 @@ rule embed:
         f"{R}/benchmarks/embed/{{dataset}}_{{encoder}}.tsv"
     threads: config["threads"]
     resources:
-        mem_mb=4000,
-        runtime=60,
+        gpu=dataset_resource("embed", "gpu", 0),
+        mem_mb=dataset_resource("embed", "mem_mb", 4000),
+        runtime=dataset_resource("embed", "runtime", 60),
         # decoding processes beside the encoder: a resource, not a param, as they do not change the features (a
         # changed param would rerun the whole extraction)
         embed_workers=config["embed"]["num_workers"],

@@ -62,8 +62,9 @@ rule ablate:
         f"{R}/benchmarks/ablate/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}@{{selection}}.tsv"
     threads: config["threads"]
     resources:
-        mem_mb=2000,
-        runtime=60,
+        gpu=dataset_resource("train", "gpu", 0),
+        mem_mb=dataset_resource("train", "mem_mb", 2000),
+        runtime=dataset_resource("train", "runtime", 60),
     shell:
         "daamflow train --features {params.store} --out {params.out} --settings {params.settings:q}"
         " --layers-from {input.layers} --selection {wildcards.selection}"
@@ -128,8 +129,9 @@ rule probe:
         f"{R}/benchmarks/probe/{{dataset}}_{{protocol}}.tsv"
     threads: config["threads"]
     resources:
-        mem_mb=2000,
-        runtime=60,
+        gpu=dataset_resource("train", "gpu", 0),
+        mem_mb=dataset_resource("train", "mem_mb", 2000),
+        runtime=dataset_resource("train", "runtime", 60),
     shell:
         "daamflow importance probe --features {params.store} --settings {params.settings:q} --out {params.out}"
         " --threads {threads} > {log} 2>&1"

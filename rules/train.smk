@@ -17,8 +17,9 @@ rule train:
         f"{R}/benchmarks/train/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}.tsv"
     threads: config["threads"]
     resources:
-        mem_mb=2000,
-        runtime=60,
+        gpu=dataset_resource("train", "gpu", 0),
+        mem_mb=dataset_resource("train", "mem_mb", 2000),
+        runtime=dataset_resource("train", "runtime", 60),
     shell:
         "daamflow train --features {params.store} --out {params.out} --settings {params.settings:q}"
         " --threads {threads} --launcher {params.launcher:q} > {log} 2>&1"

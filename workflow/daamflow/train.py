@@ -35,6 +35,9 @@ from .folds import Split, make_splits
 log = logging.getLogger(__name__)
 
 
+VERIFY_MAX_BYTES = 2 << 30  # feature stores up to 2 GiB get their sha256 checked before training
+
+
 class Interrupted(RuntimeError):
     """Raised by ``stop_after_epoch`` (tests, preemption drills) once the checkpoint of that epoch is on disk."""
 
@@ -283,7 +286,10 @@ def train_all(
 
     ``launcher`` (see daamflow.launch) sends the unfinished folds out as one job array; by default they run here.
     """
-    store = load_store(store_dir)
+    # hashing a multi-GB store in each of its many train jobs costs minutes each; embed wrote and hashed it, and
+    # shape/dtype/index are still checked; small stores are verified in full
+    size = (Path(store_dir) / "features.npy").stat().st_size if (Path(store_dir) / "features.npy").exists() else 0
+    store = load_store(store_dir, verify=size <= VERIFY_MAX_BYTES)
     splits = splits_of(store, settings)
     if only:
         unknown = sorted(set(only) - {s.name for s in splits})
