@@ -65,3 +65,19 @@ def test_clear_errors():
         make_splits(labels, groups, splits, {"scheme": "kfold", "folds": 2}, "dirty", seed=0)
     with pytest.raises(ValueError, match="at least 2 groups"):
         carve_dev(np.arange(10), labels, np.full(len(labels), "g"), 0.2, 0)
+
+
+def test_stratified_group_kfold_balances_classes_and_keeps_groups_whole():
+    from daamflow.folds import stratified_group_kfold
+
+    labels, groups, _ = _data(n_groups=40, per_group=5, classes=4, seed=2)
+    folds = stratified_group_kfold(labels, groups, 5, seed=1)
+    assert sorted(np.concatenate(folds)) == list(range(len(labels)))
+    owner = {}
+    for k, f in enumerate(folds):
+        for g in set(groups[f]):
+            assert owner.setdefault(g, k) == k
+    overall = np.bincount(labels, minlength=4) / len(labels)
+    for f in folds:
+        assert np.abs(np.bincount(labels[f], minlength=4) / len(f) - overall).max() < 0.12
+        assert 0.1 < len(f) / len(labels) < 0.3

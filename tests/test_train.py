@@ -105,3 +105,14 @@ def test_training_is_deterministic(store, tmp_path):
     a = train_all(store, _settings(method="mixture", epochs=2), tmp_path / "a")
     b = train_all(store, _settings(method="mixture", epochs=2), tmp_path / "b")
     assert a["accuracy"].tolist() == b["accuracy"].tolist()
+
+
+def test_confusion_and_macro_f1_by_hand():
+    from daamflow.train import confusion, macro_f1
+
+    truth = np.array([0, 0, 1, 1, 2])
+    pred = np.array([0, 1, 1, 1, 0])
+    m = confusion(truth, pred, 4)
+    assert m.tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    # F1: class 0 = 2/(2+1+1) = 0.5, class 1 = 4/(4+1+0) = 0.8, class 2 = 0, class 3 (absent) = 0
+    assert macro_f1(m) == pytest.approx((0.5 + 0.8) / 4)

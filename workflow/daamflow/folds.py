@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,35 @@ class Split:
         }
 
 
+def stratified_group_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
+    """Test indices of ``n_splits`` folds: no group in two folds, class proportions as even as the groups allow.
+
+    Greedy, as scikit-learn's StratifiedGroupKFold (implemented here to keep scikit-learn out of every job's start-up):
+    groups in a seeded random order, then by decreasing spread of their class counts, each go to the fold whose
+    per-class proportions stay most even (ties: the smaller fold).
+    """
+    classes, y = np.unique(labels, return_inverse=True)
+    names, g = np.unique(groups, return_inverse=True)
+    counts = np.zeros((len(names), len(classes)))
+    np.add.at(counts, (g, y), 1)
+    order = np.random.default_rng(seed).permutation(len(names))
+    order = order[np.argsort(-counts[order].std(axis=1), kind="stable")]
+    totals = counts.sum(axis=0)
+    folds = np.zeros((n_splits, len(classes)))
+    assignment = np.empty(len(names), dtype=int)
+    for group in order:
+        best, best_key = 0, None
+        for k in range(n_splits):
+            folds[k] += counts[group]
+            key = ((folds / totals).std(axis=0).mean(), folds[k].sum())
+            folds[k] -= counts[group]
+            if best_key is None or key < best_key:
+                best, best_key = k, key
+        folds[best] += counts[group]
+        assignment[group] = best
+    return [np.flatnonzero(assignment[g] == k) for k in range(n_splits)]
+
+
 def _grouped_stratified(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
     """Test indices of each fold; leave-one-group-out (groups in sorted order) when there are exactly n_splits groups."""
     unique = np.unique(groups)
@@ -40,8 +68,7 @@ def _grouped_stratified(labels: np.ndarray, groups: np.ndarray, n_splits: int, s
         raise ValueError(f"{n_splits} folds need at least {n_splits} distinct groups; found {len(unique)}: {list(unique)}")
     if len(unique) == n_splits:  # IEMOCAP: fold k = session k, as the paper's table
         return [np.flatnonzero(groups == g) for g in unique]
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    return [test for _, test in splitter.split(np.zeros(len(labels)), labels, groups)]
+    return stratified_group_kfold(labels, groups, n_splits, seed)
 
 
 def carve_dev(train: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int):
@@ -57,9 +84,8 @@ def carve_dev(train: np.ndarray, labels: np.ndarray, groups: np.ndarray, fractio
             f"found {n_groups}"
         )
     n_splits = min(max(2, round(1 / fraction)), n_groups)
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    fit_pos, dev_pos = next(splitter.split(np.zeros(len(train)), labels[train], sub_groups))
-    return np.sort(train[fit_pos]), np.sort(train[dev_pos])
+    dev_pos = stratified_group_kfold(labels[train], sub_groups, n_splits, seed)[0]
+    return np.sort(np.delete(train, dev_pos)), np.sort(train[dev_pos])
 
 
 def make_splits(
