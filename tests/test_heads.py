@@ -93,8 +93,8 @@ def test_xavier_uniform_init():
 
 @pytest.mark.parametrize(
     "method,n,expected",
-    [("daam_v1", 24, 8), ("daam_v1", 6, 6), ("daam_v1", 1, 1), ("daam_v1", 12, 6), ("daam_v2", 6, 1),
-     ("gqdaam", 40, 8), ("gqdaam", 6, 6)],
+    [("daam_v1", 24, 8), ("daam_v1", 6, 3), ("daam_v1", 4, 2), ("daam_v1", 2, 1), ("daam_v1", 1, 1),
+     ("daam_v1", 12, 6), ("daam_v2", 6, 1), ("gqdaam", 40, 8), ("gqdaam", 6, 3)],
 )
 def test_daam_head_defaults(method, n, expected):
     model = build_model(method, n, 8, 2)
@@ -109,7 +109,7 @@ def test_explicit_heads_and_fallbacks():
     assert build_model("mha", 4, 7, 2).resolved["mha_heads"] == 7
     assert build_model("mha", 4, 384, 2).resolved["mha_heads"] == 8
     assert build_model("mha", 4, 12, 2, mha_heads=5).resolved["mha_heads"] == 4
-    assert build_model("mixture", 6, 8, 2).resolved["mixture_heads"] == 6
+    assert build_model("mixture", 6, 8, 2).resolved["mixture_heads"] == 3  # at most N/2: chunks of >= 2 layers
     assert build_model("mixture", 24, 8, 2).resolved["mixture_heads"] == 8
     with pytest.raises(ValueError, match="smaller than num_heads=8"):
         build_model("mixture", 6, 8, 2, mixture_heads=8)(torch.randn(2, 6, 8))
@@ -194,9 +194,9 @@ def test_density_map_and_gaussian_parameters():
         json.dumps(params)
     mix = build_model("mixture", 6, 8, 2)
     dens = density_map(mix, x)
-    torch.testing.assert_close(dens.sum(1), torch.full((3, 8), 6.0))  # 6 heads of one layer, each sums to 1
+    torch.testing.assert_close(dens.sum(1), torch.full((3, 8), 3.0))  # 3 heads of two layers, each sums to 1
     params = gaussian_parameters(mix)
-    assert set(params) == {"mean_offsets", "c"} and len(params["c"]) == 6 and len(params["c"][0]) == 4
+    assert set(params) == {"mean_offsets", "c"} and len(params["c"]) == 3 and len(params["c"][0]) == 4
     json.dumps(params)
     for method in ("gqa", "mha", "mha_bn", "identity", "weighted_sum", "linear"):
         model = build_model(method, 6, 8, 2)

@@ -158,12 +158,13 @@ def build_model(method: str, num_layers: int, feature_dim: int, num_classes: int
 
     Options (keyword; all accepted by every method, used where they apply):
       conv_channels (512): width C of the conv decoder.  num_heads: DAAM heads for daam_v1/daam_v2/gqdaam
-      (defaults 8/1/8; when N is not divisible by the default, the largest divisor of N below it is used, recorded in
+      (defaults 8/1/8, at most N/2 so that every head spans >= 2 layers; when N is not divisible, the largest divisor of
+      N below that is used, recorded in
       ``model.resolved["num_heads"]``; an explicit value must divide N).  squared_variance (False): the prose 2 xi^2.
       mha_heads (8; if d is not divisible, the largest divisor of d <= the value).  across_batch (False): the released
       MHA's attention across the mini-batch.  gqa_dim (512), query_heads (8), kv_heads (2), standard_gqa (False).
       layer (None): 0-based layer of the ``linear`` probe, None = mean of layers.  num_gaussians (4), mixture_heads (8;
-      if N < 8 the mixture uses N heads).
+      at most N/2 by default).
     """
     if method not in METHODS:
         raise ValueError(f"build_model: unknown method {method!r}; choose one of {list(METHODS)}")
@@ -181,7 +182,8 @@ def build_model(method: str, num_layers: int, feature_dim: int, num_classes: int
                     f"build_model({method}): num_heads={opt['num_heads']} does not divide num_layers={n}"
                 )
             return opt["num_heads"]
-        return _largest_divisor_at_most(n, _DEFAULT_DAAM_HEADS[method])
+        # a head needs >= 2 layers: over one layer the variance is 0 and DAAM is the identity (see analysis.py)
+        return _largest_divisor_at_most(n, min(_DEFAULT_DAAM_HEADS[method], max(1, n // 2)))
 
     width = d  # feature width entering the conv decoder
     if method in ("daam_v1", "daam_v2"):
@@ -189,7 +191,8 @@ def build_model(method: str, num_layers: int, feature_dim: int, num_classes: int
         resolved["squared_variance"] = opt["squared_variance"]
         attention: nn.Module = DAAM(n, d, num_heads=resolved["num_heads"], squared_variance=opt["squared_variance"])
     elif method == "mixture":
-        heads = min(opt["mixture_heads"], n) if "mixture_heads" not in options else opt["mixture_heads"]
+        # default: at most N/2 chunks, so that every chunk has the >= 2 layers an unbiased variance needs
+        heads = min(opt["mixture_heads"], max(1, n // 2)) if "mixture_heads" not in options else opt["mixture_heads"]
         resolved.update(mixture_heads=heads, num_gaussians=opt["num_gaussians"])
         attention = MixtureDAAM(num_heads=heads, num_gaussians=opt["num_gaussians"], norm_axis=1)
     elif method in ("gqdaam", "gqa"):
