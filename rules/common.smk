@@ -5,6 +5,7 @@ from daamflow import targets
 from daamflow.config import settings_json, train_settings
 
 R = config["results_dir"]
+HEAD_METHODS = targets.HEAD_METHODS
 DATASETS = list(config["datasets"])
 ENCODERS = list(config["encoders"])
 

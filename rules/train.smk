@@ -4,6 +4,8 @@ rule train:
         unpack(features),
     output:
         runs=f"{R}/runs/{{dataset}}/{{encoder}}/{{protocol}}/{{method}}/runs.csv",
+    wildcard_constraints:
+        method="|".join(HEAD_METHODS),  # the LoRA methods go to rule finetune
     params:
         store=lambda w, input: os.path.dirname(input.features),
         out=lambda w, output: os.path.dirname(output.runs),

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encoder": ("daamflow.datacmds:ENCODER", "make a from_pretrained-loadable encoder folder (package, tiny or hub)"),
     "embed": ("daamflow.datacmds:EMBED", "encode a prepared dataset into the feature store (per-layer pooled X)"),
     "train": ("daamflow.train", "train one head on all folds/seeds of one (dataset, encoder, protocol, method)"),
+    "finetune": ("daamflow.finetune", "LoRA / LoRA+ on the encoder itself (peft), all folds/seeds of one method"),
     "report": ("daamflow.report", "tables, figures, the paper's tables beside ours, claims, curves and summary.md"),
     "importance": ("daamflow.analysis", "IF maps and heatmaps, layer ablation choice, per-layer probes, correlations"),
     "vqvae": ("daamflow.vqvae", "VQ-VAE plain vs Mixture-of-DAAM: train one run, or combine runs into a table and grid"),

@@ -260,8 +260,7 @@ class Inputs:
         from .embed import masked_mean
 
         _, feed, mask = self.pipeline.collate(rows)
-        feed = {k: v.to(dev, dtype=dtype) if v.is_floating_point() else v.to(dev) for k, v in feed.items()}
-        hidden = model["encoder"](**feed).last_hidden_state
+        hidden = model["encoder"](**self.pipeline.to_device(feed, dev, dtype)).last_hidden_state
         if mask is not None:
             mask = mask.to(dev)
             if self.pipeline.mask_in_samples:  # audio: the frames whose receptive field lies inside the clip
