@@ -24,9 +24,9 @@ rule finetune:
         f"{R}/benchmarks/finetune/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}.tsv"
     threads: config["threads"]
     resources:
-        mem_mb=4000,
-        runtime=120,
-        gpu=config["finetune"]["gpus"],
+        gpu=dataset_resource("finetune", "gpu", 0),
+        mem_mb=dataset_resource("finetune", "mem_mb", 4000),
+        runtime=dataset_resource("finetune", "runtime", 120),
     shell:
         "daamflow finetune --data {params.data} --encoder {params.encoder} --out {params.out}"
         " --settings {params.settings:q} --threads {threads} --launcher {params.launcher:q} > {log} 2>&1"

@@ -83,7 +83,11 @@ def test_default_config_dry_run_lists_the_whole_grid(tmp_path):
             counts[parts[0]] = int(parts[1])
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     n_ds = len(config["datasets"])
-    assert counts["train"] == n_ds * len(config["methods"]) * len(config["protocols"])
+    from daamflow.targets import HEAD_METHODS
+
+    heads = [m for m in config["methods"] if m in HEAD_METHODS]
+    assert counts["train"] == n_ds * len(heads) * len(config["protocols"])
+    assert counts.get("finetune", 0) == n_ds * (len(config["methods"]) - len(heads)) * len(config["protocols"])
     assert counts["embed"] == n_ds and counts["prepare"] == n_ds and counts["report_dataset"] == n_ds
 
 
