@@ -486,12 +486,9 @@ def finetune_all(
 
     ``launcher`` (see daamflow.launch) sends the unfinished folds out as one job array; by default they run here.
     """
-    import pandas as pd
-
-    from .atomic import write_csv, write_json
     from .encoders import read_encoder_info
     from .manifest import read_prepared
-    from .train import finished, run_row, settings_hash
+    from .train import run_folds
 
     data_dir, encoder_dir, out_dir = Path(data_dir), Path(encoder_dir), Path(out_dir)
     _, meta = read_prepared(data_dir)
@@ -501,33 +498,9 @@ def finetune_all(
                          f"{settings['finetune']['modality']}, but dataset {meta['source']} ({data_dir}) "
                          f"is {meta['modality']}")
     splits = splits_of(data_dir, settings)
-    if only:
-        unknown = sorted(set(only) - {s.name for s in splits})
-        if unknown:
-            raise ValueError(f"unknown fold/run {unknown}; this dataset has {[s.name for s in splits]}")
-        splits = [s for s in splits if s.name in only]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "settings.json", settings)
-    digest = settings_hash(settings)
-    todo = [s.name for s in splits if finished(out_dir / s.name, digest) is None]
-    calls = [dict(data_dir=data_dir, encoder_dir=encoder_dir, settings=settings, out_dir=out_dir, fold=f,
-                  device=device, threads=threads) for f in todo]
-    if calls and launcher and launcher.get("kind", "inline") != "inline":
-        from .launch import run_calls
-
-        run_calls(run_fold, calls, launcher, out_dir)
-    else:
-        for kwargs in calls:
-            run_fold(**kwargs)
-    rows = []
-    for split in splits:
-        metrics = finished(out_dir / split.name, digest)
-        if metrics is None:  # a launcher that returned without the fold's metrics.json is a failure, never a success
-            raise RuntimeError(f"{split.name}: no finished metrics.json in {out_dir / split.name} after fine-tuning")
-        rows.append(run_row(settings, split.name, metrics, {}))  # no feature store: features_sha256 stays empty
-    frame = pd.DataFrame(rows)
-    write_csv(out_dir / "runs.csv", frame)
-    return frame
+    # no feature store: features_sha256 stays empty in runs.csv
+    return run_folds(run_fold, splits, settings, out_dir, only, threads, launcher, {},
+                     data_dir=data_dir, encoder_dir=encoder_dir, device=device)
 
 
 # ------------------------------------------------------------------------------------------------------------- CLI

@@ -305,31 +305,49 @@ def train_all(
     size = (Path(store_dir) / "features.npy").stat().st_size if (Path(store_dir) / "features.npy").exists() else 0
     store = load_store(store_dir, verify=size <= VERIFY_MAX_BYTES)
     splits = splits_of(store, settings)
+    return run_folds(run_fold, splits, settings, out_dir, only, threads, launcher, store.manifest,
+                     store_dir=store_dir, device=device)
+
+
+def run_folds(
+    fold_fn,
+    splits: list[Split],
+    settings: dict,
+    out_dir: Path,
+    only: list[str] | None,
+    threads: int,
+    launcher: dict | None,
+    store_manifest: dict,
+    **call_args,
+) -> pd.DataFrame:
+    """Shared by train and finetune: run the unfinished folds (here, or as one job array through ``launcher``) with
+    ``fold_fn(fold=…, settings=…, out_dir=…, threads=…, **call_args)``, then write ``out_dir/runs.csv``."""
     if only:
         unknown = sorted(set(only) - {s.name for s in splits})
         if unknown:
             raise ValueError(f"unknown fold/run {unknown}; this dataset has {[s.name for s in splits]}")
         splits = [s for s in splits if s.name in only]
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "settings.json", settings)
     digest = settings_hash(settings)
     todo = [s.name for s in splits if finished(out_dir / s.name, digest) is None]
-    calls = [dict(store_dir=store_dir, settings=settings, out_dir=out_dir, fold=f, device=device, threads=threads) for f in todo]
+    calls = [dict(call_args, settings=settings, out_dir=out_dir, fold=f, threads=threads) for f in todo]
     if calls and launcher and launcher.get("kind", "inline") != "inline":
         from .launch import run_calls
 
         for call in calls:  # a fold job gets the CPUs it asked SLURM for, not the submitting job's threads
             call["threads"] = launcher.get("cpus_per_task", threads)
-        run_calls(run_fold, calls, launcher, out_dir)
+        run_calls(fold_fn, calls, launcher, out_dir)
     else:
         for kwargs in tqdm(calls, desc=f"{settings['method']} folds", disable=len(calls) < 2, leave=False):
-            run_fold(**kwargs)
+            fold_fn(**kwargs)
     rows = []
     for split in splits:
         metrics = finished(out_dir / split.name, digest)
         if metrics is None:  # a launcher that returned without the fold's metrics.json is a failure, never a success
-            raise RuntimeError(f"{split.name}: no finished metrics.json in {out_dir / split.name} after training")
-        rows.append(run_row(settings, split.name, metrics, store.manifest))
+            raise RuntimeError(f"{split.name}: no finished metrics.json in {out_dir / split.name} after its run")
+        rows.append(run_row(settings, split.name, metrics, store_manifest))
     frame = pd.DataFrame(rows)
     write_csv(out_dir / "runs.csv", frame)
     return frame
