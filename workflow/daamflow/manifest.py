@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from daamflow.atomic import write_json  # noqa: F401  (re-exported: the stages import it from here)
+
 MANIFEST_COLUMNS = ["id", "label", "label_name", "group", "split"]
 # the input of each modality; audio rows may also carry start/end/pad_to (the contracts: daamflow.batching)
 INPUT_COLUMN = {"text": "text", "image": "image_index", "audio": "path"}
@@ -53,14 +55,6 @@ def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def write_json(path: Path | str, obj: Any) -> None:
-    """Write JSON via a temp file and os.replace (readers never see a partial file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def validate_manifest(df: pd.DataFrame, modality: str, classes: list[str]) -> None:
