@@ -17,10 +17,11 @@ from scipy.io import wavfile
 from conftest import MINILM, write_prepared
 from daamflow.config import validate_config
 from daamflow.finetune import (
-    QUIRKS, Inputs, build_model, finetune_settings, make_optimiser, parameter_counts, run_split, splits_of,
+    QUIRKS, Inputs, _gradient_watch, build_model, finetune_settings, make_optimiser, parameter_counts, run_split, splits_of,
 )
 from daamflow.manifest import read_prepared
-from daamflow.train import Interrupted, run_row, settings_hash
+from daamflow.fit import Interrupted, settings_hash
+from daamflow.train import run_row
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -115,6 +116,24 @@ def test_wavlm_attention_adapters_get_no_gradient(encoder_dir, data):
     assert targets == ["q_proj", "v_proj"]
     _backward(model, inputs)
     assert all(p.grad is None for _, p in _adapters(model))
+
+
+def test_gradient_watch_spans_steps_and_skips_the_conv_feature_encoder(encoder_dir, data):
+    """Layer drop skips whole WavLM layers in a step, so an adapter is reported only if no step reached it; the
+    frozen conv feature encoder is not back-propagated through (its output needs no gradient)."""
+    model, inputs, _, _ = _build("aud", encoder_dir, data)
+    base = model["encoder"].get_base_model()
+    watch = _gradient_watch(model)
+    model.train()
+    assert not base.feature_extractor(torch.randn(2, 6400)).requires_grad
+    base.config.layerdrop = 1.0  # a step that skips every layer WavLM may drop (all but the first)
+    rows = np.arange(4)
+    F.cross_entropy(inputs.logits(model, rows, CPU, torch.float32), torch.tensor([0, 1, 0, 1])).backward()
+    skipped = sorted(n for n, _ in _adapters(model["encoder"]) if ".layers.0." not in n)
+    assert len(skipped) == 3 * 2 * 2 and watch() == skipped
+    base.config.layerdrop = 0.0
+    F.cross_entropy(inputs.logits(model, rows, CPU, torch.float32), torch.tensor([0, 1, 0, 1])).backward()
+    assert watch() == []
 
 
 def _analytic_adapters(cfg, model_type: str, r: int) -> int:

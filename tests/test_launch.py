@@ -154,7 +154,7 @@ def test_resumable_requeues_the_same_call_at_most_max_requeues_times():
 
 
 def test_digest_of_settings_is_the_training_settings_hash():
-    from daamflow.train import settings_hash
+    from daamflow.fit import settings_hash
 
     settings = {"method": "mha", "hyper": {"lr": 1e-4, "grad_clip": None}, "seed": 0}
     assert launch.digest(settings) == settings_hash(settings)

@@ -7,7 +7,8 @@ import torch
 
 from daamflow.features import write_store
 from daamflow.folds import make_splits
-from daamflow.train import Interrupted, run_split, settings_hash, train_all
+from daamflow.fit import Interrupted, settings_hash
+from daamflow.train import run_split, train_all
 
 N, D, C = 4, 12, 3
 
@@ -108,7 +109,7 @@ def test_training_is_deterministic(store, tmp_path):
 
 
 def test_confusion_and_macro_f1_by_hand():
-    from daamflow.train import confusion, macro_f1
+    from daamflow.fit import confusion, macro_f1
 
     truth = np.array([0, 0, 1, 1, 2])
     pred = np.array([0, 1, 1, 1, 0])

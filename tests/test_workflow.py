@@ -86,6 +86,7 @@ def test_default_config_dry_run_lists_the_whole_grid(tmp_path):
     from daamflow.targets import HEAD_METHODS
 
     heads = [m for m in config["methods"] if m in HEAD_METHODS]
+    assert {"lora_r4", "lora_r8", "loraplus_r4", "loraplus_r8"} <= set(config["methods"])  # issue 8: in the default
     assert counts["train"] == n_ds * len(heads) * len(config["protocols"])
     assert counts.get("finetune", 0) == n_ds * (len(config["methods"]) - len(heads)) * len(config["protocols"])
     assert counts["embed"] == n_ds and counts["prepare"] == n_ds and counts["report_dataset"] == n_ds

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -142,6 +141,10 @@ def build_model(encoder_dir: Path | str, settings: dict, num_classes: int, dev: 
     ft = settings["finetune"]
     dev = torch.device("cpu") if dev is None else dev
     base = load_model(encoder_dir, dev, dtype or torch.float32)
+    if hasattr(base, "freeze_feature_encoder"):
+        # WavLM's conv feature encoder otherwise marks its input as requiring grad (for gradient checkpointing), so
+        # every step back-propagated through the frozen convs on raw audio: half the step time, for no gradient
+        base.freeze_feature_encoder()
     model_type = base.config.model_type
     if model_type not in ft["targets"]:
         raise ValueError(
@@ -269,29 +272,27 @@ class Inputs:
 
 
 # -------------------------------------------------------------------------------------------------------- training
-def _seed_everything(seed: int) -> None:
-    """torch and numpy's global generators (dropout, WavLM's layer drop and time masking draw from them)."""
-    import torch
-
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
 def _predict(model: torch.nn.ModuleDict, inputs: Inputs, rows: np.ndarray, batch_size: int, dev: torch.device,
-             dtype: torch.dtype, use_amp: bool) -> np.ndarray:
+             dtype: torch.dtype) -> np.ndarray:
+    """Class predictions for ``rows`` (the caller sets evaluation mode, no_grad and autocast)."""
     import torch
 
-    model.eval()
-    preds = []
-    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-        for start in range(0, len(rows), batch_size):
-            preds.append(inputs.logits(model, rows[start:start + batch_size], dev, dtype).argmax(dim=1).cpu())
+    preds = [inputs.logits(model, rows[start:start + batch_size], dev, dtype).argmax(dim=1).cpu()
+             for start in range(0, len(rows), batch_size)]
     return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
 
 
-def _without_gradient(model: torch.nn.ModuleDict) -> list[str]:
-    """Adapter tensors outside the autograd graph after a backward pass (a zero gradient is normal at first: B = 0)."""
-    return [n for n, p in model["encoder"].named_parameters() if "lora_" in n and p.requires_grad and p.grad is None]
+def _gradient_watch(model: torch.nn.ModuleDict):
+    """A callable listing the trainable adapter tensors that no backward pass has reached so far.
+
+    Watched over a whole epoch, not one step: WavLM's layer drop skips whole layers in a step. An adapter never
+    reached sits on a module whose weight is read without calling it (WavLM's fused attention reads q/k/v directly).
+    """
+    watched = {n: p for n, p in model["encoder"].named_parameters() if "lora_" in n and p.requires_grad}
+    reached: set[str] = set()
+    for name, param in watched.items():
+        param.register_post_accumulate_grad_hook(lambda _, name=name: reached.add(name))
+    return lambda: sorted(set(watched) - reached)
 
 
 def run_split(
@@ -305,25 +306,19 @@ def run_split(
     progress: bool = True,
 ) -> dict:
     """Fine-tune, select and test one fold/seed (a ``folds.Split``); resumable from ``out_dir/checkpoint.pt``."""
-    import pandas as pd
     import torch
-    import torch.nn.functional as F
-    from sklearn.metrics import confusion_matrix, f1_score
-    from tqdm import tqdm
 
-    from .atomic import atomic_write, write_csv, write_json
     from .embed import resolve_device as embed_device
     from .encoders import read_encoder_info
+    from .atomic import write_json
+    from .fit import conclude, fit, resolve_device
     from .manifest import read_prepared, sha256_file
-    from .train import Interrupted, focal_loss, resolve_device, settings_hash, versions
 
     data_dir, encoder_dir, out_dir = Path(data_dir), Path(encoder_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     hp, ft, method = settings["hyper"], settings["finetune"], settings.get("label", settings["method"])
-    digest = settings_hash(settings)
     dev = resolve_device(device)
-    use_amp = hp["amp"] == "auto" and dev.type == "cuda"
-    dtype = embed_device(str(dev))[1] if use_amp else torch.float32  # a frozen encoder can sit in bf16
+    dtype = embed_device(str(dev))[1] if hp["amp"] == "auto" and dev.type == "cuda" else torch.float32
     df, meta = read_prepared(data_dir)
     labels = df["label"].to_numpy()
     num_classes = len(meta["classes"])
@@ -332,109 +327,37 @@ def run_split(
     model, base, targets = build_model(encoder_dir, settings, num_classes, dev, dtype)
     inputs = Inputs(data_dir, df, ft["modality"], base, encoder_dir, ft["max_length"])
     optimiser = make_optimiser(model, settings)
-    trained = optimised(optimiser)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimiser, mode="max", factor=hp["scheduler_factor"], patience=hp["scheduler_patience"]
-    )
 
-    start_epoch, history, best, no_grad = 1, [], {"accuracy": -1.0, "epoch": 0, "state": None}, None
-    ckpt_path = out_dir / "checkpoint.pt"
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        if ckpt.get("settings_hash") == digest:
-            load_adapter_state(model, ckpt["model"])
-            optimiser.load_state_dict(ckpt["optimiser"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            start_epoch, history, best, no_grad = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"], ckpt["no_grad"]
-            log.info("%s: resuming at epoch %d from %s", split.name, start_epoch, ckpt_path)
-        else:
-            log.warning("%s: checkpoint was written with other settings; starting over", split.name)
+    def predict(rows: np.ndarray) -> np.ndarray:
+        return _predict(model, inputs, rows, hp["batch_size"], dev, dtype)
 
-    t0 = time.perf_counter()
-    bar = tqdm(range(start_epoch, hp["epochs"] + 1), desc=f"{method}/{split.name}", disable=not progress, leave=False)
-    for epoch in bar:
-        model.train()
-        _seed_everything(split.seed * 100_003 + epoch)  # per epoch, so a resumed run draws what a full run draws
-        gen = torch.Generator().manual_seed(split.seed * 100_003 + epoch)
-        order = split.train[torch.randperm(len(split.train), generator=gen).numpy()]
-        total, seen = 0.0, 0
-        for start in range(0, len(order), hp["batch_size"]):
-            rows = order[start:start + hp["batch_size"]]
-            y = torch.from_numpy(labels[rows]).to(dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = inputs.logits(model, rows, dev, dtype)
-            logits = logits.float()
-            if hp["loss"] == "focal":
-                loss = focal_loss(logits, y, hp["focal_alpha"], hp["focal_gamma"])
-            else:
-                loss = F.cross_entropy(logits, y)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            if no_grad is None:
-                no_grad = _without_gradient(model)
-                if no_grad:
-                    log.warning("%s: %d adapter tensors got no gradient (e.g. %s): their module's weight is read "
-                                "without calling it (WavLM's fused attention reads q/k/v weights directly)",
-                                split.name, len(no_grad), no_grad[0])
-            if hp.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if id(p) in trained], hp["grad_clip"])
-            optimiser.step()
-            total += loss.item() * len(rows)
-            seen += len(rows)
-        pred = _predict(model, inputs, split.select, hp["batch_size"], dev, dtype, use_amp)
-        acc = float((pred == labels[split.select]).mean())
-        scheduler.step(acc)
-        history.append(
-            {"epoch": epoch, "train_loss": total / max(seen, 1), "select_accuracy": acc,
-             "lr": optimiser.param_groups[0]["lr"]}
-        )
-        if acc > best["accuracy"]:  # strict, as train.py: the earliest best epoch wins
-            best = {"accuracy": acc, "epoch": epoch, "state": adapter_state(model)}
-        bar.set_postfix(loss=f"{total / max(seen, 1):.3f}", sel=f"{acc:.3f}")
-        state = {
-            "epoch": epoch, "model": adapter_state(model), "optimiser": optimiser.state_dict(),
-            "scheduler": scheduler.state_dict(), "history": history, "best": best, "no_grad": no_grad,
-            "settings_hash": digest,
-        }
-        atomic_write(ckpt_path, lambda p: torch.save(state, p))
-        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < hp["epochs"]:
-            raise Interrupted(f"{split.name}: stopped after epoch {epoch} (checkpoint saved)")
+    def load_weights(state: dict) -> None:
+        load_adapter_state(model, state)
 
-    load_adapter_state(model, best["state"])
-    atomic_write(out_dir / "model.pt", lambda p: torch.save(best["state"], p))
-    pred = _predict(model, inputs, split.test, hp["batch_size"], dev, dtype, use_amp)
-    truth = labels[split.test]
+    fitted = fit(model, optimiser, split, labels, settings, out_dir, dev,
+                 logits=lambda rows: inputs.logits(model, rows, dev, dtype), predict=predict,
+                 weights=lambda: adapter_state(model), load_weights=load_weights,
+                 after_first_epoch=_gradient_watch(model), stop_after_epoch=stop_after_epoch, progress=progress)
+    if fitted.probe:
+        log.warning("%s: %d adapter tensors got no gradient in the first epoch (e.g. %s): their module's weight is "
+                    "read without calling it (WavLM's fused attention reads q/k/v weights directly)",
+                    split.name, len(fitted.probe), fitted.probe[0])
+    metrics = conclude(fitted, model, split, labels, df["id"].to_numpy(), num_classes, settings, out_dir, dev,
+                       predict=predict, load_weights=load_weights)
     info = read_encoder_info(encoder_dir)
-    metrics = {
-        "accuracy": float((pred == truth).mean()),
-        "macro_f1": float(f1_score(truth, pred, average="macro", labels=list(range(num_classes)), zero_division=0)),
-        "confusion": confusion_matrix(truth, pred, labels=list(range(num_classes))).tolist(),
-        "support": np.bincount(truth, minlength=num_classes).tolist(),
-        "best_epoch": best["epoch"],
-        "select_accuracy": best["accuracy"],
-        "epochs_run": len(history),
-        "seed": split.seed,
-        "split": split.as_dict(),
-        "selection": "test" if settings["protocol"] == "paper" else "dev",
-        "wall_time_s": time.perf_counter() - t0,
+    metrics.update({
         **parameter_counts(model, optimiser),
         "layers": None,
         "target_modules": targets,
-        "adapters_without_gradient": no_grad or [],
+        "adapters_without_gradient": fitted.probe or [],
         "encoder_model_type": base.config.model_type,
         "encoder_weights_sha256": info["weights"],
         "data_sha256": sha256_file(data_dir / "manifest.csv"),
-        "settings": settings,
-        "settings_hash": digest,
-        "device": str(dev),
-        "versions": {**versions(), **_library_versions()},
-    }
-    write_csv(out_dir / "history.csv", pd.DataFrame(history))
-    predictions = pd.DataFrame({"id": df["id"].to_numpy()[split.test], "label": truth, "pred": pred})
-    write_csv(out_dir / "predictions.csv", predictions)
+        "versions": {**metrics["versions"], **_library_versions()},
+    })
     write_json(out_dir / "metrics.json", metrics)  # last: its presence marks the fold finished
-    log.info("%s %s: best epoch %d (selection accuracy %.4f), test accuracy %.4f, macro-F1 %.4f",
-             method, split.name, best["epoch"], best["accuracy"], metrics["accuracy"], metrics["macro_f1"])
+    log.info("%s %s: best epoch %d (selection accuracy %.4f), test accuracy %.4f, macro-F1 %.4f", method,
+             split.name, metrics["best_epoch"], metrics["select_accuracy"], metrics["accuracy"], metrics["macro_f1"])
     return metrics
 
 
@@ -460,7 +383,7 @@ def run_fold(data_dir: Path | str, encoder_dir: Path | str, settings: dict, out_
     """Run (or resume, or reuse) one fold/seed; a top-level function so that launchers can ship it to a worker."""
     import torch
 
-    from .train import finished, settings_hash
+    from .fit import finished, settings_hash
 
     torch.set_num_threads(threads)
     split = {s.name: s for s in splits_of(data_dir, settings)}[fold]

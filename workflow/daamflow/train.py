@@ -12,23 +12,20 @@ the fold starts over.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import platform
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import __version__, heads
+from . import heads
 from .atomic import atomic_write, write_csv, write_json
-from .config import read_settings, settings_json
+from .config import read_settings
 from .features import load_store
+from .fit import conclude, finished, fit, resolve_device, settings_hash
 from .folds import Split, make_splits
 
 log = logging.getLogger(__name__)
@@ -37,71 +34,27 @@ log = logging.getLogger(__name__)
 VERIFY_MAX_BYTES = 2 << 30  # feature stores up to 2 GiB get their sha256 checked before training
 
 
-class Interrupted(RuntimeError):
-    """Raised by ``stop_after_epoch`` (tests, preemption drills) once the checkpoint of that epoch is on disk."""
+def _inputs(features: np.ndarray, rows: np.ndarray, layers: list[int] | None, dev: torch.device) -> torch.Tensor:
+    """float32 rows of the (memory-mapped, float16) feature array; only the needed rows are materialised."""
+    x = np.asarray(features[rows], dtype=np.float32)
+    return torch.from_numpy(x[:, layers] if layers is not None else x).to(dev)
 
 
-def settings_hash(settings: dict) -> str:
-    return hashlib.sha256(settings_json(settings).encode()).hexdigest()[:16]
-
-
-def versions() -> dict:
-    return {
-        "daamflow": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no GPU; use --device cpu or auto")
-    return torch.device(device)
-
-
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
-    """The released code's focal loss: mean of α·(1 − p_t + 1e-6)^γ · CE."""
-    ce = F.cross_entropy(logits, target, reduction="none")
-    p_t = torch.exp(-ce)
-    return (alpha * (1 - p_t + 1e-6) ** gamma * ce).mean()
-
-
-class Batches:
-    """Mini-batches read from the (memory-mapped, float16) feature array; only the needed rows are materialised."""
-
-    def __init__(self, features: np.ndarray, labels: np.ndarray, rows: np.ndarray, layers: list[int] | None):
-        self.features, self.labels, self.rows, self.layers = features, labels, rows, layers
-
-    def iterate(self, batch_size: int, generator: torch.Generator | None = None):
-        order = self.rows
-        if generator is not None:
-            order = self.rows[torch.randperm(len(self.rows), generator=generator).numpy()]
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            x = np.asarray(self.features[idx], dtype=np.float32)
-            if self.layers is not None:
-                x = x[:, self.layers]
-            yield torch.from_numpy(x), torch.from_numpy(self.labels[idx].astype(np.int64)), idx
-
-
-def _evaluate(model, batches: Batches, batch_size: int, device, with_density: bool = False):
+def _evaluate(model, features: np.ndarray, rows: np.ndarray, layers: list[int] | None, batch_size: int, dev,
+              with_density: bool = False):
+    """Predictions for ``rows`` and, with ``with_density``, the mean DAAM density map over them (None otherwise)."""
     model.eval()
-    preds, density_sum, count = [], None, 0
+    preds, density_sum = [], None
     with torch.no_grad():
-        for x, _, _ in batches.iterate(batch_size):
-            x = x.to(device)
+        for start in range(0, len(rows), batch_size):
+            x = _inputs(features, rows[start:start + batch_size], layers, dev)
             preds.append(model(x).argmax(dim=1).cpu())
-            if with_density:
-                g = heads.density_map(model, x)
-                if g is not None:
-                    s = g.float().sum(dim=0).cpu()
-                    density_sum = s if density_sum is None else density_sum + s
-                    count += len(x)
+            g = heads.density_map(model, x) if with_density else None
+            if g is not None:
+                s = g.float().sum(dim=0).cpu()
+                density_sum = s if density_sum is None else density_sum + s
     pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
-    density = None if density_sum is None else (density_sum / count).numpy()
+    density = None if density_sum is None else (density_sum / len(rows)).numpy()
     return pred, density
 
 
@@ -119,111 +72,32 @@ def run_split(
 ) -> dict:
     """Train, select and test one fold/seed; resumable from ``out_dir/checkpoint.pt``. Returns its metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    hp, method = settings["hyper"], settings["method"]
-    digest = settings_hash(settings)
+    hp = settings["hyper"]
     dev = resolve_device(device)
     layers = settings.get("layers")
     num_layers = len(layers) if layers is not None else features.shape[1]
 
     torch.manual_seed(split.seed)
-    model = heads.build_model(method, num_layers, features.shape[2], num_classes, **settings["model_options"]).to(dev)
+    model = heads.build_model(settings["method"], num_layers, features.shape[2], num_classes,
+                              **settings["model_options"]).to(dev)
     optimiser = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimiser, mode="max", factor=hp["scheduler_factor"], patience=hp["scheduler_patience"]
-    )
-    use_amp = hp["amp"] == "auto" and dev.type == "cuda"
 
-    train_b = Batches(features, labels, split.train, layers)
-    select_b = Batches(features, labels, split.select, layers)
-    test_b = Batches(features, labels, split.test, layers)
+    def predict(rows: np.ndarray) -> np.ndarray:
+        return _evaluate(model, features, rows, layers, hp["batch_size"], dev)[0]
 
-    start_epoch, history, best = 1, [], {"accuracy": -1.0, "epoch": 0, "state": None}
-    ckpt_path = out_dir / "checkpoint.pt"
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        if ckpt.get("settings_hash") == digest:
-            model.load_state_dict(ckpt["model"])
-            optimiser.load_state_dict(ckpt["optimiser"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
-            log.info("%s: resuming at epoch %d from %s", split.name, start_epoch, ckpt_path)
-        else:
-            log.warning("%s: checkpoint was written with other settings; starting over", split.name)
-
-    t0 = time.perf_counter()
-    epochs = range(start_epoch, hp["epochs"] + 1)
-    bar = tqdm(epochs, desc=f"{method}/{split.name}", disable=not progress, leave=False)
-    for epoch in bar:
-        model.train()
-        gen = torch.Generator().manual_seed(split.seed * 100_003 + epoch)
-        total, seen = 0.0, 0
-        for x, y, _ in train_b.iterate(hp["batch_size"], gen):
-            x, y = x.to(dev), y.to(dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(x)
-            logits = logits.float()
-            if hp["loss"] == "focal":
-                loss = focal_loss(logits, y, hp["focal_alpha"], hp["focal_gamma"])
-            else:
-                loss = F.cross_entropy(logits, y)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            if hp.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), hp["grad_clip"])
-            optimiser.step()
-            total += loss.item() * len(y)
-            seen += len(y)
-        pred, _ = _evaluate(model, select_b, hp["batch_size"], dev)
-        acc = float((pred == labels[split.select]).mean())
-        scheduler.step(acc)
-        history.append(
-            {"epoch": epoch, "train_loss": total / max(seen, 1), "select_accuracy": acc, "lr": optimiser.param_groups[0]["lr"]}
-        )
-        if acc > best["accuracy"]:  # strict, as the released code: the earliest best epoch wins
-            best = {"accuracy": acc, "epoch": epoch, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        bar.set_postfix(loss=f"{total / max(seen, 1):.3f}", sel=f"{acc:.3f}")
-        state = {
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimiser": optimiser.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "history": history,
-            "best": best,
-            "settings_hash": digest,
-        }
-        atomic_write(ckpt_path, lambda p: torch.save(state, p))
-        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < hp["epochs"]:
-            raise Interrupted(f"{split.name}: stopped after epoch {epoch} (checkpoint saved)")
-
-    model.load_state_dict(best["state"])
-    atomic_write(out_dir / "model.pt", lambda p: torch.save(best["state"], p))
-    pred, _ = _evaluate(model, test_b, hp["batch_size"], dev)
-    _, density = _evaluate(model, select_b, hp["batch_size"], dev, with_density=True)
-    truth = labels[split.test]
-    matrix = confusion(truth, pred, num_classes)
-    metrics = {
-        "accuracy": float((pred == truth).mean()),
-        "macro_f1": macro_f1(matrix),
-        "confusion": matrix.tolist(),
-        "support": np.bincount(truth, minlength=num_classes).tolist(),
-        "best_epoch": best["epoch"],
-        "select_accuracy": best["accuracy"],
-        "epochs_run": len(history),
-        "seed": split.seed,
-        "split": split.as_dict(),
-        "selection": "test" if settings["protocol"] == "paper" else "dev",
-        "wall_time_s": time.perf_counter() - t0,
+    fitted = fit(model, optimiser, split, labels, settings, out_dir, dev,
+                 logits=lambda rows: model(_inputs(features, rows, layers, dev)), predict=predict,
+                 weights=model.state_dict, load_weights=model.load_state_dict, stop_after_epoch=stop_after_epoch,
+                 progress=progress)
+    metrics = conclude(fitted, model, split, labels, ids, num_classes, settings, out_dir, dev,
+                       predict=predict, load_weights=model.load_state_dict)
+    _, density = _evaluate(model, features, split.select, layers, hp["batch_size"], dev, with_density=True)
+    metrics.update({
         "params": heads.count_parameters(model, include_classifier=True),
         "params_without_classifier": heads.count_parameters(model, include_classifier=False),
         "layers": layers,
         "model": getattr(model, "resolved", {}),  # the options the registry actually used (e.g. DAAM heads for N)
-        "settings": settings,
-        "settings_hash": digest,
-        "device": str(dev),
-        "versions": versions(),
-    }
-    write_csv(out_dir / "history.csv", pd.DataFrame(history))
-    write_csv(out_dir / "predictions.csv", pd.DataFrame({"id": ids[split.test], "label": truth, "pred": pred}))
+    })
     if density is not None:
         atomic_write(out_dir / "density.npy", lambda p: _save_npy(p, density))
     gaussians = heads.gaussian_parameters(model)
@@ -233,36 +107,14 @@ def run_split(
     if weights is not None:  # weighted_sum: the learned softmax layer weights, compared with IF in the analyses
         write_json(out_dir / "layer_weights.json", {"weights": weights.detach().cpu().tolist()})
     write_json(out_dir / "metrics.json", metrics)  # last: its presence marks the fold finished
-    log.info("%s %s: best epoch %d (selection accuracy %.4f), test accuracy %.4f, macro-F1 %.4f",
-             method, split.name, best["epoch"], best["accuracy"], metrics["accuracy"], metrics["macro_f1"])
+    log.info("%s %s: best epoch %d (selection accuracy %.4f), test accuracy %.4f, macro-F1 %.4f", settings["method"],
+             split.name, metrics["best_epoch"], metrics["select_accuracy"], metrics["accuracy"], metrics["macro_f1"])
     return metrics
-
-
-def confusion(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Rows: true class, columns: predicted class."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (truth, pred), 1)
-    return matrix
-
-
-def macro_f1(matrix: np.ndarray) -> float:
-    """Mean over classes of F1 = 2 TP / (2 TP + FP + FN); a class never seen nor predicted scores 0."""
-    tp = np.diag(matrix).astype(float)
-    denominator = 2 * tp + (matrix.sum(axis=0) - tp) + (matrix.sum(axis=1) - tp)
-    return float(np.mean(np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with path.open("wb") as fh:  # a file object: np.save would append ".npy" to a bare temp name
         np.save(fh, array.astype(np.float32))
-
-
-def finished(fold_dir: Path, digest: str) -> dict | None:
-    path = fold_dir / "metrics.json"
-    if not path.exists():
-        return None
-    metrics = json.loads(path.read_text())
-    return metrics if metrics.get("settings_hash") == digest else None
 
 
 def splits_of(store, settings: dict) -> list[Split]:
