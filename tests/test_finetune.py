@@ -136,6 +136,19 @@ def test_gradient_watch_spans_steps_and_skips_the_conv_feature_encoder(encoder_d
     assert watch() == []
 
 
+def test_released_loraplus_on_wavlm_trains_nothing_and_still_runs(encoder_dir, data, tmp_path):
+    """Inert q/v adapters and a head outside the optimiser: no parameter is on the graph; the run must still finish
+    (scoring the model as initialised, as the released script did) and say which adapters never got a gradient."""
+    settings = finetune_settings(_config(), "aud", "loraplus_r4@released", "paper")
+    split = splits_of(data["audio"], settings)[0]
+    metrics = run_split(data["audio"], encoder_dir("wavlm"), split, settings, tmp_path, "cpu", progress=False)
+    assert metrics["head_trained_params"] == 0 and metrics["epochs_run"] == 3
+    saved = torch.load(tmp_path / "model.pt")
+    assert len(metrics["adapters_without_gradient"]) == sum("lora_" in k for k in saved) > 0
+    assert all(not v.any() for k, v in saved.items() if "lora_B" in k)  # B never left 0
+    assert pd.read_csv(tmp_path / "history.csv")["select_accuracy"].nunique() == 1
+
+
 def _analytic_adapters(cfg, model_type: str, r: int) -> int:
     """r × (in + out) per adapted matrix, from the encoder's config."""
     h, layers = cfg.hidden_size, cfg.num_hidden_layers

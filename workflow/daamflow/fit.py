@@ -161,11 +161,16 @@ def fit(
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = logits(rows)
             loss = loss_of(out.float(), y, hp)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            if hp.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(trained, hp["grad_clip"])
-            optimiser.step()
+            # no trained parameter on the graph (the released LoRA+ on WavLM: inert q/v adapters, the head left out
+            # of the optimiser): nothing can move, the run evaluates the model as initialised, as that script did
+            if loss.requires_grad:
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                if hp.get("grad_clip"):
+                    torch.nn.utils.clip_grad_norm_(trained, hp["grad_clip"])
+                optimiser.step()
+            elif start == 0 and epoch == 1:
+                log.warning("%s: no trained parameter receives a gradient; the model stays as initialised", split.name)
             total += loss.item() * len(rows)
             seen += len(rows)
         if epoch == 1 and after_first_epoch is not None:
