@@ -130,6 +130,11 @@ def test_paper_summary_table():
     assert table["delta_vs_lora_delta"] == pytest.approx(31.0 - 40.3)
     shown = R.display_paper_summary(R.paper_summary_table(runs, {"toy": "cifar100"}))
     assert shown.loc[0, "DAAM − MHA"] == "20.0 (18.9; +1.1)"
+    # a quirky variant never stands for the fair LoRA when one ran; alone, it does
+    quirky = {"daam_v1": [70.0], "lora_r4": [50.0], "lora_r8@released": [55.0], "loraplus_r4": [58.0]}
+    assert R.paper_summary_table(_toy(quirky), {"toy": "iemocap"}).iloc[0]["best_lora_method"] == "lora_r4"
+    del quirky["lora_r4"]
+    assert R.paper_summary_table(_toy(quirky), {"toy": "iemocap"}).iloc[0]["best_lora_method"] == "lora_r8@released"
     no_lora = R.paper_summary_table(_toy({"daam_v1": [70.0], "mha": [60.0]}), {"toy": "iemocap"}).iloc[0]
     assert math.isnan(no_lora["best_lora_ours"]) and no_lora["best_lora_method"] == ""
 

@@ -137,6 +137,13 @@ def _base(method: str) -> str:
     return method.split("@", 1)[0]
 
 
+def lora_candidates(methods) -> list[str]:
+    """The runs that may stand for "best LoRA": the fair LoRA r=4/r=8 runs, or their `@released` variants when no
+    fair one ran (the two are different experiments; mixing them would let a quirk pick the best)."""
+    fair = [m for m in methods if m in LORA_METHODS]
+    return fair or [m for m in methods if _base(m) in LORA_METHODS and m.endswith("@released")]
+
+
 def _resolve(role: str, wide: pd.DataFrame, pub_summary: dict) -> tuple[str | None, str]:
     """Our method for a claim's side, and a note when it differs from the paper's choice."""
     if role not in ("best_daam", "best_lora"):
@@ -145,7 +152,7 @@ def _resolve(role: str, wide: pd.DataFrame, pub_summary: dict) -> tuple[str | No
     paper_choice = pub_summary[f"{role}_method"]
     if paper_choice in wide.columns:
         return paper_choice, ""
-    present = [m for m in wide.columns if _base(m) in family]
+    present = [m for m in wide.columns if m in family] if role == "best_daam" else lora_candidates(wide.columns)
     if not present:
         return None, f"none of {', '.join(family)} in the config's methods"
     best = max(present, key=lambda m: wide[m].mean())

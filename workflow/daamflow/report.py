@@ -300,7 +300,7 @@ def paper_summary_table(runs: pd.DataFrame, paper_of: dict[str, str], published:
         for protocol, pr_runs in runs[runs["dataset"] == dataset].groupby("protocol", sort=True):
             means = pr_runs.groupby("method")["accuracy_pct"].mean()
             daam = [m for m in C.MAIN_DAAM if m in means.index]
-            lora = [m for m in means.index if _base(m) in C.LORA_METHODS]
+            lora = C.lora_candidates(means.index)
             best_daam = max(daam, key=means.get) if daam else ""
             best_lora = max(lora, key=means.get) if lora else ""
             ours = {"mha": _nan(means.get("mha")), "best_lora": _nan(means.get(best_lora)),
