@@ -17,7 +17,7 @@ from scipy.io import wavfile
 from scipy.signal import resample_poly
 from transformers import AutoModel
 
-from daamflow.batching import plan_batches
+from daamflow.batching import grouped_batches, plan_batches
 from daamflow.datasets import prepare
 from daamflow.embed import Scratch, embed
 from daamflow.encoders import load_processor, materialise, read_encoder_info
@@ -38,6 +38,25 @@ def _pool_all(model, **inputs) -> np.ndarray:
     with torch.no_grad():
         hidden = model(**inputs, output_hidden_states=True).hidden_states
     return torch.stack([h[0].mean(0) for h in hidden[1:]]).numpy()
+
+
+def test_grouped_batches_pad_less_cover_every_row_and_follow_the_seed():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 100, size=1000)
+    order = rng.permutation(1000)
+    batches = grouped_batches(order, lengths, 32, seed=5)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert max(map(len, batches)) == 32
+
+    def padded(bs):
+        return sum(len(b) * lengths[b].max() for b in bs)
+
+    assert padded(batches) < 0.7 * padded([order[i:i + 32] for i in range(0, 1000, 32)])
+    assert all(np.array_equal(a, b) for a, b in zip(batches, grouped_batches(order, lengths, 32, seed=5)))
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, grouped_batches(order, lengths, 32, seed=6)))
+    # which rows meet follows the shuffled order (mega-batches), unlike one global sort
+    reshuffled = grouped_batches(rng.permutation(1000), lengths, 32, seed=5)
+    assert {frozenset(b.tolist()) for b in batches} != {frozenset(b.tolist()) for b in reshuffled}
 
 
 def test_plan_batches_sorts_by_length_and_covers_every_row():

@@ -1,5 +1,5 @@
-"""Model inputs for the embed step: per-modality input pipelines that turn a list of manifest rows into one padded
-batch, and the length-sorted batch plan.
+"""Model inputs for the embed and finetune steps: per-modality input pipelines that turn a list of manifest rows into
+one padded batch, the length-sorted batch plan (embed) and length-grouped training batches (finetune).
 
 Each pipeline exposes
 - ``lengths``: one per sample, in the model's input units, known before any batch is built;
@@ -42,6 +42,20 @@ def plan_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = np.argsort(-np.asarray(lengths), kind="stable")
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def grouped_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int, seed: int,
+                    group: int = 16) -> list[np.ndarray]:
+    """Training batches of near-equal length, as Hugging Face's ``group_by_length``: the shuffled ``order`` is cut
+    into mega-batches of ``group`` batches, each sorted by length and cut into batches, whose order is then shuffled
+    with ``seed``. A batch pads to less; which samples meet in a batch stays random from epoch to epoch."""
+    mega = group * batch_size
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = order[start:start + mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in np.random.default_rng(seed).permutation(len(batches))]
 
 
 def make_inputs(modality: str, df: pd.DataFrame, data_dir: Path, processor, config, max_length: int | None):

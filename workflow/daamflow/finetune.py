@@ -116,6 +116,7 @@ def finetune_settings(config: dict, dataset: str, method: str, protocol: str) ->
             "loraplus_lr_ratio": ft["loraplus_lr_ratio"] if plus else None,
             "targets": targets,
             "max_length": max_length,
+            "group_by_length": ft["group_by_length"],
             "quirks": quirks,
         },
     }
@@ -311,6 +312,7 @@ def run_split(
     from .embed import resolve_device as embed_device
     from .encoders import read_encoder_info
     from .atomic import write_json
+    from .batching import grouped_batches
     from .fit import conclude, fit, resolve_device
     from .manifest import read_prepared, sha256_file
 
@@ -334,10 +336,14 @@ def run_split(
     def load_weights(state: dict) -> None:
         load_adapter_state(model, state)
 
+    def grouped(order: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
+        return grouped_batches(order, inputs.pipeline.lengths, batch_size, seed)
+
     fitted = fit(model, optimiser, split, labels, settings, out_dir, dev,
                  logits=lambda rows: inputs.logits(model, rows, dev, dtype), predict=predict,
                  weights=lambda: adapter_state(model), load_weights=load_weights,
-                 after_first_epoch=_gradient_watch(model), stop_after_epoch=stop_after_epoch, progress=progress)
+                 after_first_epoch=_gradient_watch(model), batches=grouped if ft["group_by_length"] else None,
+                 stop_after_epoch=stop_after_epoch, progress=progress)
     if fitted.probe:
         log.warning("%s: %d adapter tensors got no gradient in the first epoch (e.g. %s): their module's weight is "
                     "read without calling it (WavLM's fused attention reads q/k/v weights directly)",

@@ -93,6 +93,10 @@ def finished(fold_dir: Path, digest: str) -> dict | None:
     return metrics if metrics.get("settings_hash") == digest else None
 
 
+def _slices(order: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 @dataclass
 class Fitted:
     history: list[dict]
@@ -115,6 +119,7 @@ def fit(
     weights: Callable[[], dict],
     load_weights: Callable[[dict], None],
     after_first_epoch: Callable[[], Any] | None = None,
+    batches: Callable[[np.ndarray, int, int], list[np.ndarray]] | None = None,
     stop_after_epoch: int | None = None,
     progress: bool = True,
 ) -> Fitted:
@@ -123,7 +128,8 @@ def fit(
     ``logits(rows)`` runs the model on a batch of dataset rows (in training mode, under autocast on a GPU);
     ``predict(rows)`` returns class predictions in evaluation mode; ``weights()`` / ``load_weights(state)`` get and
     put the weights a checkpoint keeps (a head: all; LoRA: adapters and head, never the frozen encoder);
-    ``after_first_epoch()`` runs once the first epoch's steps are done, its value is checkpointed and returned.
+    ``after_first_epoch()`` runs once the first epoch's steps are done, its value is checkpointed and returned;
+    ``batches(order, batch_size, seed)`` cuts an epoch's shuffled rows into batches (default: consecutive slices).
     """
     hp = settings["hyper"]
     digest = settings_hash(settings)
@@ -155,8 +161,7 @@ def fit(
         np.random.seed(seed % 2**32)
         order = split.train[torch.randperm(len(split.train), generator=torch.Generator().manual_seed(seed)).numpy()]
         total, seen = 0.0, 0
-        for start in range(0, len(order), hp["batch_size"]):
-            rows = order[start:start + hp["batch_size"]]
+        for step, rows in enumerate((batches or _slices)(order, hp["batch_size"], seed)):
             y = torch.from_numpy(labels[rows].astype(np.int64)).to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = logits(rows)
@@ -169,7 +174,7 @@ def fit(
                 if hp.get("grad_clip"):
                     torch.nn.utils.clip_grad_norm_(trained, hp["grad_clip"])
                 optimiser.step()
-            elif start == 0 and epoch == 1:
+            elif step == 0 and epoch == 1:
                 log.warning("%s: no trained parameter receives a gradient; the model stays as initialised", split.name)
             total += loss.item() * len(rows)
             seen += len(rows)

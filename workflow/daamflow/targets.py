@@ -51,7 +51,7 @@ def importance_targets(config: dict, dataset: str) -> list[str]:
     imp = config.get("importance", {})
     if not imp.get("enabled"):
         return []
-    R, figs, tables = config["results_dir"], path(FIGURES, config), path(TABLES, config)
+    figs, tables = path(FIGURES, config), path(TABLES, config)
     out = [f"{tables}/{dataset}_ablation.{ext}" for ext in ("csv", "md", "tex")]
     for protocol in config["protocols"]:
         out += [f"{figs}/{dataset}_{protocol}_if_heatmap.png", f"{figs}/{dataset}_{protocol}_if_layers.png"]
