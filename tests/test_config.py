@@ -1,4 +1,7 @@
 import copy
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,16 @@ def test_strings_from_the_command_line_are_typed(default_config):
     default_config["threads"] = "two"
     with pytest.raises(ConfigError, match="threads"):
         validate_config(default_config)
+
+
+def test_config_command_shows_the_settings_of_the_job_that_runs_the_method():
+    def show(method):
+        return subprocess.run([sys.executable, "-m", "daamflow.cli", "config", str(ROOT / "config/config.yaml"),
+                               "--train", "wordnet", "paper", method], capture_output=True, text=True, timeout=120)
+
+    head, lora = json.loads(show("daam_v1").stdout), json.loads(show("lora_r4@released").stdout)
+    assert "model_options" in head and "finetune" not in head
+    assert lora["label"] == "lora_r4@released" and lora["hyper"]["epochs"] == 2  # finetune.training, not the heads'
+    assert all(lora["finetune"]["quirks"][q] for q in ("alpha_scaling", "released_targets", "frozen_head"))
+    bad = show("lora")
+    assert bad.returncode != 0 and "unknown method 'lora'" in bad.stderr
