@@ -118,3 +118,14 @@ def test_config_command_shows_the_settings_of_the_job_that_runs_the_method():
     assert all(lora["finetune"]["quirks"][q] for q in ("alpha_scaling", "released_targets", "frozen_head"))
     bad = show("lora")
     assert bad.returncode != 0 and "unknown method 'lora'" in bad.stderr
+
+
+def test_schema_methods_are_the_heads_and_lora_names():
+    import re
+
+    from daamflow.finetune import METHOD_PATTERN
+    from daamflow.heads import METHODS
+
+    names = yaml.safe_load((ROOT / "config/schema.yaml").read_text())["$defs"]["method_name"]["enum"]
+    assert set(METHODS) <= set(names)
+    assert all(re.fullmatch(METHOD_PATTERN, m) for m in set(names) - set(METHODS))

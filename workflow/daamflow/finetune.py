@@ -313,14 +313,14 @@ def run_split(
     from .encoders import read_encoder_info
     from .atomic import write_json
     from .batching import grouped_batches
-    from .fit import conclude, fit, resolve_device
+    from .fit import conclude, fit, resolve_device, use_amp
     from .manifest import read_prepared, sha256_file
 
     data_dir, encoder_dir, out_dir = Path(data_dir), Path(encoder_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     hp, ft, method = settings["hyper"], settings["finetune"], settings.get("label", settings["method"])
     dev = resolve_device(device)
-    dtype = embed_device(str(dev))[1] if hp["amp"] == "auto" and dev.type == "cuda" else torch.float32
+    dtype = embed_device(str(dev))[1] if use_amp(hp, dev) else torch.float32  # a frozen encoder can sit in bf16
     df, meta = read_prepared(data_dir)
     labels = df["label"].to_numpy()
     num_classes = len(meta["classes"])

@@ -64,6 +64,11 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float, gamma: 
     return (alpha * (1 - p_t + 1e-6) ** gamma * ce).mean()
 
 
+def use_amp(hp: dict, dev: torch.device) -> bool:
+    """Mixed precision (bfloat16 autocast, a bfloat16 frozen encoder) only on a GPU, as the paper."""
+    return hp["amp"] == "auto" and dev.type == "cuda"
+
+
 def loss_of(logits: torch.Tensor, target: torch.Tensor, hp: dict) -> torch.Tensor:
     if hp["loss"] == "focal":
         return focal_loss(logits, target, hp["focal_alpha"], hp["focal_gamma"])
@@ -134,7 +139,7 @@ def fit(
     hp = settings["hyper"]
     digest = settings_hash(settings)
     label = settings.get("label", settings["method"])
-    use_amp = hp["amp"] == "auto" and dev.type == "cuda"
+    amp = use_amp(hp, dev)
     trained = [p for group in optimiser.param_groups for p in group["params"]]
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimiser, mode="max", factor=hp["scheduler_factor"], patience=hp["scheduler_patience"]
@@ -163,7 +168,7 @@ def fit(
         total, seen = 0.0, 0
         for step, rows in enumerate((batches or _slices)(order, hp["batch_size"], seed)):
             y = torch.from_numpy(labels[rows].astype(np.int64)).to(dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 out = logits(rows)
             loss = loss_of(out.float(), y, hp)
             # no trained parameter on the graph (the released LoRA+ on WavLM: inert q/v adapters, the head left out
@@ -181,16 +186,17 @@ def fit(
         if epoch == 1 and after_first_epoch is not None:
             probe = after_first_epoch()
         model.eval()
-        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             acc = float((predict(split.select) == labels[split.select]).mean())
         scheduler.step(acc)
         history.append({"epoch": epoch, "train_loss": total / max(seen, 1), "select_accuracy": acc,
                         "lr": optimiser.param_groups[0]["lr"]})
+        current = weights()
         if acc > best["accuracy"]:  # strict, as the released code: the earliest best epoch wins
-            best = {"accuracy": acc, "epoch": epoch, "state": {k: v.detach().cpu().clone() for k, v in weights().items()}}
+            best = {"accuracy": acc, "epoch": epoch, "state": {k: v.detach().cpu().clone() for k, v in current.items()}}
         bar.set_postfix(loss=f"{total / max(seen, 1):.3f}", sel=f"{acc:.3f}")
         state = {
-            "epoch": epoch, "model": weights(), "optimiser": optimiser.state_dict(),
+            "epoch": epoch, "model": current, "optimiser": optimiser.state_dict(),
             "scheduler": scheduler.state_dict(), "history": history, "best": best, "probe": probe,
             "settings_hash": digest,
         }
@@ -218,8 +224,7 @@ def conclude(
     load_weights(fitted.best["state"])
     atomic_write(out_dir / "model.pt", lambda p: torch.save(fitted.best["state"], p))
     model.eval()
-    use_amp = settings["hyper"]["amp"] == "auto" and dev.type == "cuda"
-    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp(settings["hyper"], dev)):
         pred = predict(split.test)
     truth = labels[split.test]
     matrix = confusion(truth, pred, num_classes)

@@ -13,19 +13,9 @@ import torch
 from torch import nn
 
 from daamflow.attention import DAAM, GQDAAM, LayerSelfAttention, MixtureDAAM
+from daamflow.targets import HEAD_METHODS
 
-METHODS: tuple[str, ...] = (
-    "daam_v1",
-    "daam_v2",
-    "mixture",
-    "gqdaam",
-    "gqa",
-    "mha",
-    "mha_bn",
-    "identity",
-    "weighted_sum",
-    "linear",
-)
+METHODS: tuple[str, ...] = HEAD_METHODS  # named in the torch-free targets module, which Snakemake imports
 
 # option -> (default, accepted types). Options a method does not use are accepted and ignored, so one options dict
 # from the config can be passed to every method.
