@@ -8,6 +8,8 @@ R = config["results_dir"]
 HEAD_METHODS = targets.HEAD_METHODS
 DATASETS = list(config["datasets"])
 ENCODERS = list(config["encoders"])
+PAPER_DATASETS = targets.paper_datasets(config)
+PAPER_PAIRS = [f"{d}={p}" for d, p in PAPER_DATASETS.items()]
 
 
 wildcard_constraints:

@@ -19,8 +19,8 @@ rule prepare:
         mem_mb=2000,
         runtime=30,
     shell:
-        "daamflow prepare --source {params.source} --out {params.out} --seed {params.seed}"
-        " --options {params.options:q} > {log} 2>&1"
+        "daamflow prepare --source {params.source:q} --out {params.out:q} --seed {params.seed}"
+        " --options {params.options:q} > {log:q} 2>&1"
 
 
 rule encoder:
@@ -41,4 +41,4 @@ rule encoder:
         mem_mb=2000,
         runtime=30,
     shell:
-        "daamflow encoder --spec {params.spec:q} --out {params.out} > {log} 2>&1"
+        "daamflow encoder --spec {params.spec:q} --out {params.out:q} > {log:q} 2>&1"

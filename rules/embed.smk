@@ -16,9 +16,9 @@ rule embed:
         device=config["embed"]["device"],
         dtype=config["embed"]["dtype"],
         max_length=lambda w: (
-            f"--max-length {config['datasets'][w.dataset]['embed']['max_length']}"
+            ["--max-length", config["datasets"][w.dataset]["embed"]["max_length"]]
             if config["datasets"][w.dataset]["embed"].get("max_length")
-            else ""
+            else []
         ),
     conda:
         "../envs/daamflow.yaml"
@@ -35,7 +35,7 @@ rule embed:
         # changed param would rerun the whole extraction)
         embed_workers=config["embed"]["num_workers"],
     shell:
-        "daamflow embed --data {params.data} --encoder {params.encoder} --out {params.out}"
-        " --batch-size {params.batch_size} --layers {params.layers} --device {params.device} {params.max_length}"
-        " --dtype {params.dtype} --threads {threads} --num-workers {resources.embed_workers} --no-progress"
-        " > {log} 2>&1"
+        "daamflow embed --data {params.data:q} --encoder {params.encoder:q} --out {params.out:q}"
+        " --batch-size {params.batch_size} --layers {params.layers:q} --device {params.device:q} {params.max_length:q}"
+        " --dtype {params.dtype:q} --threads {threads} --num-workers {resources.embed_workers} --no-progress"
+        " > {log:q} 2>&1"

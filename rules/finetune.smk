@@ -28,5 +28,5 @@ rule finetune:
         mem_mb=dataset_resource("finetune", "mem_mb", 4000),
         runtime=dataset_resource("finetune", "runtime", 120),
     shell:
-        "daamflow finetune --data {params.data} --encoder {params.encoder} --out {params.out}"
-        " --settings {params.settings:q} --threads {threads} --launcher {params.launcher:q} > {log} 2>&1"
+        "daamflow finetune --data {params.data:q} --encoder {params.encoder:q} --out {params.out:q}"
+        " --settings {params.settings:q} --threads {threads} --launcher {params.launcher:q} > {log:q} 2>&1"

@@ -36,8 +36,8 @@ rule importance_map:
         mem_mb=2000,
         runtime=10,
     shell:
-        "daamflow importance map --runs {params.runs} --out {params.out} --k {params.k} --seed {params.seed}"
-        " --heatmap {output.heatmap} --bars {output.bars} --title {params.title:q} > {log} 2>&1"
+        "daamflow importance map --runs {params.runs:q} --out {params.out:q} --k {params.k} --seed {params.seed}"
+        " --heatmap {output.heatmap:q} --bars {output.bars:q} --title {params.title:q} > {log:q} 2>&1"
 
 
 rule ablate:
@@ -66,9 +66,9 @@ rule ablate:
         mem_mb=dataset_resource("train", "mem_mb", 2000),
         runtime=dataset_resource("train", "runtime", 60),
     shell:
-        "daamflow train --features {params.store} --out {params.out} --settings {params.settings:q}"
-        " --layers-from {input.layers} --selection {wildcards.selection}"
-        " --threads {threads} --launcher {params.launcher:q} > {log} 2>&1"
+        "daamflow train --features {params.store:q} --out {params.out:q} --settings {params.settings:q}"
+        " --layers-from {input.layers:q} --selection {wildcards.selection}"
+        " --threads {threads} --launcher {params.launcher:q} > {log:q} 2>&1"
 
 
 rule ablation_table:
@@ -90,12 +90,8 @@ rule ablation_table:
         ],
     params:
         stem=lambda w, output: output.tables[0][: -len(".csv")],
-        layers=lambda w, input: " ".join(f"{p}={f}" for p, f in zip(config["protocols"], input.layers)),
-        paper=lambda w: (
-            f"--paper-dataset {targets.paper_datasets(config)[w.dataset]}"
-            if w.dataset in targets.paper_datasets(config)
-            else ""
-        ),
+        layers=lambda w, input: [f"{p}={f}" for p, f in zip(config["protocols"], input.layers)],
+        paper=lambda w: ["--paper-dataset", PAPER_DATASETS[w.dataset]] if w.dataset in PAPER_DATASETS else [],
     conda:
         "../envs/daamflow.yaml"
     log:
@@ -107,8 +103,8 @@ rule ablation_table:
         mem_mb=1000,
         runtime=10,
     shell:
-        "daamflow importance ablation --runs {input.runs} --layers {params.layers} --out-table {params.stem}"
-        " --title {wildcards.dataset} {params.paper} > {log} 2>&1"
+        "daamflow importance ablation --runs {input.runs:q} --layers {params.layers:q} --out-table {params.stem:q}"
+        " --title {wildcards.dataset:q} {params.paper:q} > {log:q} 2>&1"
 
 
 rule probe:
@@ -133,8 +129,8 @@ rule probe:
         mem_mb=dataset_resource("train", "mem_mb", 2000),
         runtime=dataset_resource("train", "runtime", 60),
     shell:
-        "daamflow importance probe --features {params.store} --settings {params.settings:q} --out {params.out}"
-        " --threads {threads} > {log} 2>&1"
+        "daamflow importance probe --features {params.store:q} --settings {params.settings:q} --out {params.out:q}"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 rule correlate:
@@ -164,7 +160,7 @@ rule correlate:
         ),
     params:
         probes=lambda w, input: os.path.dirname(input.probe),
-        weights=lambda w, input: f"--weights-runs {os.path.dirname(input.weights)}" if input.weights else "",
+        weights=lambda w, input: ["--weights-runs", os.path.dirname(input.weights)] if input.weights else [],
         stem=lambda w, output: output.tables[0][: -len(".csv")],
         title=lambda w: f"{w.dataset} ({w.protocol})",
     conda:
@@ -178,8 +174,8 @@ rule correlate:
         mem_mb=1000,
         runtime=10,
     shell:
-        "daamflow importance correlate --per-layer {input.per_layer} --probes {params.probes} {params.weights}"
-        " --out-table {params.stem} --figure {output.figure} --title {params.title:q} > {log} 2>&1"
+        "daamflow importance correlate --per-layer {input.per_layer:q} --probes {params.probes:q} {params.weights:q}"
+        " --out-table {params.stem:q} --figure {output.figure:q} --title {params.title:q} > {log:q} 2>&1"
 
 
 rule learned_parameters:
@@ -201,7 +197,7 @@ rule learned_parameters:
     params:
         runs=lambda w, input: [os.path.dirname(p) for p in input.runs],
         stem=lambda w, output: output.tables[0][: -len(".csv")],
-        pairs=" ".join(f"{d}={p}" for d, p in targets.paper_datasets(config).items()),
+        pairs=PAPER_PAIRS,
     conda:
         "../envs/daamflow.yaml"
     log:
@@ -213,5 +209,5 @@ rule learned_parameters:
         mem_mb=1000,
         runtime=10,
     shell:
-        "daamflow importance ranges --runs {params.runs} --out-table {params.stem} --paper-datasets {params.pairs}"
-        " > {log} 2>&1"
+        "daamflow importance ranges --runs {params.runs:q} --out-table {params.stem:q} --paper-datasets {params.pairs:q}"
+        " > {log:q} 2>&1"

@@ -1,7 +1,3 @@
-PAPER_DATASETS = targets.paper_datasets(config)
-PAPER_PAIRS = " ".join(f"{d}={p}" for d, p in PAPER_DATASETS.items())
-
-
 rule report_dataset:
     """Tables in the paper's shape (methods × folds/seeds, mean ± std) per protocol, and the accuracy figure."""
     input:
@@ -43,7 +39,7 @@ rule report_dataset:
         mem_mb=1000,
         runtime=10,
     shell:
-        "daamflow report dataset --runs {input.runs} --tables {params.tables} --figures {params.figures} > {log} 2>&1"
+        "daamflow report dataset --runs {input.runs:q} --tables {params.tables:q} --figures {params.figures:q} > {log:q} 2>&1"
 
 
 rule paper_tables:
@@ -81,8 +77,8 @@ rule paper_tables:
         mem_mb=1000,
         runtime=10,
     shell:
-        "daamflow report paper --runs {input.runs} --paper-dataset {params.paper} {params.stand_in}"
-        " --tables {params.tables} > {log} 2>&1"
+        "daamflow report paper --runs {input.runs:q} --paper-dataset {params.paper:q} {params.stand_in}"
+        " --tables {params.tables:q} > {log:q} 2>&1"
 
 
 rule paper_summary:
@@ -115,8 +111,8 @@ rule paper_summary:
         mem_mb=1000,
         runtime=10,
     shell:
-        "daamflow report paper-summary --runs {input.runs} --paper-datasets {params.pairs}"
-        " --out-table {params.stem} > {log} 2>&1"
+        "daamflow report paper-summary --runs {input.runs:q} --paper-datasets {params.pairs:q}"
+        " --out-table {params.stem:q} > {log:q} 2>&1"
 
 
 rule parameter_table:
@@ -146,7 +142,7 @@ rule parameter_table:
         mem_mb=1000,
         runtime=10,
     shell:
-        "daamflow report parameters --tables {params.tables} > {log} 2>&1"
+        "daamflow report parameters --tables {params.tables:q} > {log:q} 2>&1"
 
 
 rule claims:
@@ -192,8 +188,8 @@ rule claims:
         mem_mb=1000,
         runtime=10,
     shell:
-        "daamflow report claims --runs {input.runs} --paper-datasets {params.pairs} --parameters {input.parameters}"
-        " --tables {params.tables} --seed {params.seed} > {log} 2>&1"
+        "daamflow report claims --runs {input.runs:q} --paper-datasets {params.pairs:q} --parameters {input.parameters:q}"
+        " --tables {params.tables:q} --seed {params.seed} > {log:q} 2>&1"
 
 
 rule curves:
@@ -216,8 +212,8 @@ rule curves:
         mem_mb=1000,
         runtime=10,
     shell:
-        "daamflow report curves --runs {input.runs} --per-layer {input.per_layer} --probes {input.probes}"
-        " --out {params.out} > {log} 2>&1"
+        "daamflow report curves --runs {input.runs:q} --per-layer {input.per_layer:q} --probes {input.probes:q}"
+        " --out {params.out:q} > {log:q} 2>&1"
 
 
 rule summary:
@@ -233,14 +229,14 @@ rule summary:
     params:
         paper_grid="--paper-grid" if targets.is_paper_grid(config) else "",
         pairs=PAPER_PAIRS,
-        stand_ins=" ".join(targets.stand_ins(config)),
-        embed=" ".join(
-            f'"{title}={R}/tables/{name}.md"'
+        stand_ins=targets.stand_ins(config),
+        embed=[
+            f"{title}={R}/tables/{name}.md"
             for title, name in [
                 *([("The paper's summary table", "paper_summary")] if PAPER_DATASETS else []),
                 ("The paper's claims", "claims"),
             ]
-        ),
+        ],
     conda:
         "../envs/daamflow.yaml"
     log:
@@ -252,5 +248,5 @@ rule summary:
         mem_mb=1000,
         runtime=10,
     shell:
-        "daamflow report summary --runs {input.runs} --out-md {output.md} --out-json {output.json} {params.paper_grid}"
-        " --paper-datasets {params.pairs} --stand-ins {params.stand_ins} --embed {params.embed} > {log} 2>&1"
+        "daamflow report summary --runs {input.runs:q} --out-md {output.md:q} --out-json {output.json:q} {params.paper_grid}"
+        " --paper-datasets {params.pairs:q} --stand-ins {params.stand_ins:q} --embed {params.embed:q} > {log:q} 2>&1"

@@ -23,5 +23,5 @@ rule train:
         mem_mb=dataset_resource("train", "mem_mb", 2000),
         runtime=dataset_resource("train", "runtime", 60),
     shell:
-        "daamflow train --features {params.store} --out {params.out} --settings {params.settings:q}"
-        " --threads {threads} --launcher {params.launcher:q} > {log} 2>&1"
+        "daamflow train --features {params.store:q} --out {params.out:q} --settings {params.settings:q}"
+        " --threads {threads} --launcher {params.launcher:q} > {log:q} 2>&1"

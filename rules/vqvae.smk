@@ -21,8 +21,8 @@ rule vqvae_train:
         mem_mb=2000,
         runtime=60,
     shell:
-        "daamflow vqvae train --variant {wildcards.variant} --seed {wildcards.seed} --out {params.out}"
-        " --preset {params.preset} --params-json {params.hyper:q} --threads {threads} > {log} 2>&1"
+        "daamflow vqvae train --variant {wildcards.variant} --seed {wildcards.seed} --out {params.out:q}"
+        " --preset {params.preset:q} --params-json {params.hyper:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule vqvae_table:
@@ -58,5 +58,5 @@ rule vqvae_table:
         mem_mb=1000,
         runtime=10,
     shell:
-        "daamflow vqvae table --runs {params.runs} --out-csv {output.csv} --out-md {output.md}"
-        " --grid-out {output.grid} > {log} 2>&1"
+        "daamflow vqvae table --runs {params.runs:q} --out-csv {output.csv:q} --out-md {output.md:q}"
+        " --grid-out {output.grid:q} > {log:q} 2>&1"
