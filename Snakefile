@@ -5,6 +5,7 @@
     snakemake results/tables/<name>.md        # one table and what it needs
 """
 from daamflow.config import validate_config
+from daamflow.preflight import check_resources
 
 from snakemake.utils import min_version
 
@@ -25,6 +26,8 @@ report: "report/workflow.rst"
 
 # Fails before any job runs, naming every bad key; the same schema as config/schema.yaml, defaults filled in.
 validate_config(config)
+# ... and every missing local dataset folder, file, encoder folder or program (not only when its job starts)
+check_resources(config)
 
 
 # downloads and data preparation stay on the login node under a cluster profile (compute nodes often lack internet)
