@@ -353,24 +353,30 @@ def parameters_report(tables_dir: Path) -> list[Path]:
 
 
 def claims_report(runs: pd.DataFrame, paper_of: dict[str, str], params_csv: Path, tables_dir: Path,
-                  seed: int = 0, margin: float = 1.0, published: dict | None = None) -> list[Path]:
-    """``claims`` (each headline claim → published → ours per protocol → verdict), ``paired`` (every DAAM method
-    against every baseline) and ``claims.json`` (the claims' effects and verdicts as numbers, DVC ``metrics``)."""
+                  alpha: float = C.ALPHA, margins: dict | None = None, items: pd.DataFrame | None = None,
+                  seeded: frozenset[str] | set[str] = frozenset(), published: dict | None = None) -> list[Path]:
+    """``claims`` (each headline claim → published → ours per protocol → test → verdict), ``paired`` (every DAAM
+    method against every baseline, Holm-adjusted p) and ``claims.json`` (the claims' numbers, DVC ``metrics``)."""
     pub = load_published() if published is None else published
-    table = C.claims_table(runs, paper_of, pub, pd.read_csv(params_csv), seed, margin)
+    table = C.claims_table(runs, paper_of, pub, pd.read_csv(params_csv), alpha, margins, items, seeded)
     stand = ("; accuracy claims are evaluated on the stand-in datasets named in each row" if paper_of else "")
+    items_note = (f"; on {', '.join(sorted(seeded))} (one fixed test set) the same test also runs over the test "
+                  "items and both must reject" if seeded else "")
     written = write_table(
         table, Path(tables_dir) / "claims",
-        f"The paper's headline claims against our runs: mean paired difference over folds/seeds, 95% paired "
-        f"bootstrap CI (seed {seed}), paired t-test p; margin {margin:g} points{stand}. Parameter claims: the "
-        "registry's counts at the paper's shapes, the bracket is the rounding interval of Table 1's LoRA count",
+        f"The paper's headline claims against our runs: mean paired difference over folds/seeds with its "
+        f"{100 * (1 - 2 * alpha):g}% t-interval, the claim's paired t-test (raw p and Holm-adjusted over the claims of "
+        f"one dataset and protocol), verdict at α={alpha:g}, margin in accuracy points{items_note}{stand}. "
+        "Parameter claims: the registry's counts at the paper's shapes, the bracket is the rounding interval of "
+        "Table 1's LoRA count",
         shown=C.display_claims(table),
     )
-    paired = C.paired_comparisons(runs, seed)
+    paired = C.paired_comparisons(runs, alpha)
     written += write_table(
         paired, Path(tables_dir) / "paired",
         f"Every DAAM method against every baseline: mean paired difference in accuracy points over folds/seeds, "
-        f"95% paired bootstrap CI (seed {seed}), paired t-test p, parameter counts",
+        f"{100 * (1 - alpha):g}% t-interval, two-sided paired t-test p, raw and Holm-adjusted over the comparisons "
+        "of one dataset and protocol (no verdicts), parameter counts",
         shown=C.display_paired(paired),
     )
     write_json(Path(tables_dir) / "claims.json", C.claims_metrics(table))
@@ -513,8 +519,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--paper-datasets", nargs="*", default=[], help=pairs_help)
     c.add_argument("--parameters", required=True, type=Path, help="parameters.csv from `report parameters`")
     c.add_argument("--tables", required=True, type=Path, help="output folder")
-    c.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap")
-    c.add_argument("--margin", type=float, default=1.0, help="accuracy points below which a difference does not matter")
+    c.add_argument("--alpha", type=float, default=C.ALPHA, help="level of every verdict, after Holm")
+    c.add_argument("--margins", nargs="*", default=[], metavar="DATASET=POINTS",
+                   help="margin in accuracy points per our or paper dataset (config claims.margins)")
+    c.add_argument("--seeded", nargs="*", default=[], metavar="DATASET",
+                   help="datasets with one fixed test set (scheme seeds): item-level test from their predictions.csv")
     cu = sub.add_parser("curves", help="plot-ready CSVs: per-epoch history per method, per-layer IF and probe accuracy")
     cu.add_argument("--runs", nargs="+", required=True, type=Path, help=runs_help)
     cu.add_argument("--per-layer", nargs="*", default=[], type=Path, help="per_layer.csv files of `importance map`")
@@ -546,7 +555,14 @@ def main(args: argparse.Namespace) -> int:
                     "The paper's summary table (B Table 5): ours (published; Δ) per dataset and protocol",
                     shown=display_paper_summary(table))
     elif args.part == "claims":
-        claims_report(runs, C.parse_pairs(args.paper_datasets), args.parameters, args.tables, args.seed, args.margin)
+        margins = {}
+        for key, value in C.parse_pairs(args.margins, "--margins").items():
+            try:
+                margins[key] = float(value)
+            except ValueError:
+                raise ValueError(f"--margins: {key}={value!r} is not a number of accuracy points") from None
+        claims_report(runs, C.parse_pairs(args.paper_datasets), args.parameters, args.tables, args.alpha, margins,
+                      C.load_items(args.runs, args.seeded), set(args.seeded))
     elif args.part == "curves":
         write_curves(args.runs, args.per_layer, args.probes, args.out)
     else:
