@@ -16,7 +16,7 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
     encoder="|".join(ENCODERS),
     protocol="paper|clean",
-    method="[a-z0-9_]+",
+    method="[a-z0-9_]+(@released)?",
     selection="high|low|random",
 
 

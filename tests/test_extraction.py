@@ -258,9 +258,9 @@ def test_paper_grid_dry_run_lists_every_job_without_the_data(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = proc.stdout[proc.stdout.index("job "):]
     counts = {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
-    # 3 datasets; 10 heads x 2 protocols per dataset, each job training every fold/seed of its dataset
+    # 3 datasets; 11 heads (mha@released included) x 2 protocols per dataset, each job training every fold/seed
     assert {k: counts[k] for k in ("prepare", "encoder", "embed", "train", "report_dataset")} == {
-        "prepare": 3, "encoder": 3, "embed": 3, "train": 60, "report_dataset": 3}
+        "prepare": 3, "encoder": 3, "embed": 3, "train": 66, "report_dataset": 3}
     assert counts["finetune"] == 3 * 4 * 2  # lora_r4, lora_r8, loraplus_r4, loraplus_r8 x 2 protocols per dataset
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
     assert seconds < 60 and not (tmp_path / "results").exists()

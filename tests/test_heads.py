@@ -23,6 +23,7 @@ from daamflow.heads import (
 def test_methods_tuple():
     assert METHODS == (
         "daam_v1", "daam_v2", "mixture", "gqdaam", "gqa", "mha", "mha_bn", "identity", "weighted_sum", "linear",
+        "mha@released",
     )
 
 
@@ -31,6 +32,8 @@ def test_methods_tuple():
 def test_every_method_forward_backward(method, shape):
     torch.manual_seed(0)
     b, n, d = shape
+    if method == "mha@released" and d < 16:
+        pytest.skip("the released 1-channel conv head ends in one ReLU map: over 7 features it is often dead at init")
     model = build_model(method, n, d, 5)
     assert isinstance(model.classifier, nn.Linear) and model.classifier.out_features == 5
     x = torch.randn(*shape, requires_grad=True)
@@ -219,3 +222,50 @@ def test_determinism_under_seed():
             assert ka == kb and torch.equal(va, vb)
         x = torch.randn(2, 6, 16)
         torch.testing.assert_close(a(x), b(x))
+
+
+def test_released_mha_reads_one_layer_attends_across_the_batch_and_has_a_one_channel_head():
+    torch.manual_seed(0)
+    model = build_model("mha@released", 24, 16, 4)
+    assert model.resolved["layer"] == 22 and model.resolved["across_batch"]  # the released x[:, 22] of 24 layers
+    assert model.decoder.conv1.in_channels == 1 and model.decoder.conv2.out_channels == 1
+    assert model.classifier.in_features == 16
+    model.eval()
+    x = torch.randn(5, 24, 16)
+    others = x.clone()
+    others[:, [i for i in range(24) if i != 22]] = torch.randn(5, 23, 16)
+    torch.testing.assert_close(model(x), model(others))  # no layer but 22 is read
+    neighbour = x.clone()
+    neighbour[1:, 22] += 1.0  # only the other samples of the batch change
+    assert not torch.allclose(model(x)[0], model(neighbour)[0])  # sample 0's prediction depends on them
+    assert torch.allclose(model(x[:1])[0], model(x[:1])[0])
+    # other depths read their last layer; an explicit layer is honoured and checked
+    assert build_model("mha@released", 6, 16, 4).resolved["layer"] == 5
+    assert build_model("mha@released", 40, 16, 4).resolved["layer"] == 39
+    assert build_model("mha@released", 6, 16, 4, layer=2).resolved["layer"] == 2
+    with pytest.raises(ValueError, match=r"build_model\(mha@released\): layer=6 is out of range"):
+        build_model("mha@released", 6, 16, 4, layer=6)
+
+
+def test_released_mha_parameter_count():
+    with torch.device("meta"):
+        model = build_model("mha@released", 24, 1024, 4)
+    # MHA(1024, 8) 4,198,400 + Conv2d(1->512) 5,120 + Conv2d(512->1) 4,609; fc Linear(1024 -> 4) 4,100
+    assert count_parameters(model, include_classifier=False) == 4_198_400 + 5_120 + 4_609
+    assert count_parameters(model) == 4_198_400 + 5_120 + 4_609 + 4_100
+
+
+def test_gqdaam_released_cifar_daam_heads():
+    """The released CIFAR-100 GQDAAM's DAAM has 1 head (its code comment: 1,208,856 parameters); ours defaults to 8."""
+    with torch.device("meta"):
+        one = build_model("gqdaam", 24, 1024, 100, num_heads=1)
+        eight = build_model("gqdaam", 24, 1024, 100)
+    assert count_parameters(one, include_classifier=False) == 1_208_856
+    assert count_parameters(eight, include_classifier=False) == 1_223_192
+    torch.manual_seed(0)
+    one, eight = build_model("gqdaam", 24, 8, 3, num_heads=1), build_model("gqdaam", 24, 8, 3)
+    x = torch.randn(2, 24, 8)
+    x[:, 3:] *= 10.0  # layers beyond the first 8-head block change only the 1-head statistics of layers 0-2
+    g1, g8 = density_map(one, x), density_map(eight, x)
+    torch.testing.assert_close(g8[:, :3], density_map(eight, torch.cat([x[:, :3], torch.randn(2, 21, 8)], 1))[:, :3])
+    assert not torch.allclose(g1[:, :3], density_map(one, torch.cat([x[:, :3], torch.randn(2, 21, 8)], 1))[:, :3])

@@ -34,6 +34,9 @@ _OPTIONS: dict[str, tuple[Any, tuple[type, ...]]] = {
     "mixture_heads": (8, (int,)),
 }
 _DEFAULT_DAAM_HEADS = {"daam_v1": 8, "daam_v2": 1, "gqdaam": 8}
+# The released IEMOCAP MHA.py reads x[:, 22] of WavLM-Large's 24 block outputs (the paper's "layer 23"); encoders of
+# another depth have no such layer, and the released layer's role (a late one) goes to their last layer.
+RELEASED_MHA_DEPTH, RELEASED_MHA_LAYER = 24, 22
 
 
 def grid_shape(width: int) -> tuple[int, int]:
@@ -86,14 +89,18 @@ class WeightedLayerSum(nn.Module):
 
 
 class LayerSelect(nn.Module):
-    """One layer (0-based index into the N layers, negative counts from the end) or, with ``layer=None``, the mean."""
+    """One layer (0-based index into the N layers, negative counts from the end) or, with ``layer=None``, the mean:
+    (B, N, d) -> (B, d), or (B, 1, d) with ``keepdim``."""
 
-    def __init__(self, layer: int | None) -> None:
+    def __init__(self, layer: int | None, keepdim: bool = False) -> None:
         super().__init__()
         self.layer = layer
+        self.keepdim = keepdim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(1) if self.layer is None else x[:, self.layer]
+        if self.layer is None:
+            return x.mean(1, keepdim=self.keepdim)
+        return x[:, [self.layer]] if self.keepdim else x[:, self.layer]
 
 
 class LayerHeadModel(nn.Module):
@@ -153,8 +160,12 @@ def build_model(method: str, num_layers: int, feature_dim: int, num_classes: int
       ``model.resolved["num_heads"]``; an explicit value must divide N).  squared_variance (False): the prose 2 xi^2.
       mha_heads (8; if d is not divisible, the largest divisor of d <= the value).  across_batch (False): the released
       MHA's attention across the mini-batch.  gqa_dim (512), query_heads (8), kv_heads (2), standard_gqa (False).
-      layer (None): 0-based layer of the ``linear`` probe, None = mean of layers.  num_gaussians (4), mixture_heads (8;
+      layer (None): 0-based layer of the ``linear`` probe, None = mean of layers; for ``mha@released`` the one layer
+      it reads (default: 22 of 24 as the released code, else the last).  num_gaussians (4), mixture_heads (8;
       at most N/2 by default).
+
+    ``mha@released`` is the released IEMOCAP MHA.py: one layer, attention across the mini-batch, a 1-channel conv
+    head (Conv 1->C, Conv C->1, Linear(d -> classes)).
     """
     if method not in METHODS:
         raise ValueError(f"build_model: unknown method {method!r}; choose one of {list(METHODS)}")
@@ -175,7 +186,7 @@ def build_model(method: str, num_layers: int, feature_dim: int, num_classes: int
         # a head needs >= 2 layers: over one layer the variance is 0 and DAAM is the identity (see analysis.py)
         return _largest_divisor_at_most(n, min(_DEFAULT_DAAM_HEADS[method], max(1, n // 2)))
 
-    width = d  # feature width entering the conv decoder
+    width, channels = d, n  # feature width and number of layer channels entering the conv decoder
     if method in ("daam_v1", "daam_v2"):
         resolved["num_heads"] = daam_heads()
         resolved["squared_variance"] = opt["squared_variance"]
@@ -202,6 +213,17 @@ def build_model(method: str, num_layers: int, feature_dim: int, num_classes: int
         attention = LayerSelfAttention(
             d, heads, num_layers=n, batch_norm=method == "mha_bn", across_batch=opt["across_batch"]
         )
+    elif method == "mha@released":
+        layer = opt["layer"] if opt["layer"] is not None else (
+            RELEASED_MHA_LAYER if n == RELEASED_MHA_DEPTH else n - 1
+        )
+        _check_layer(method, layer, n)
+        heads = _largest_divisor_at_most(d, opt["mha_heads"])
+        resolved.update(layer=layer, mha_heads=heads, across_batch=True)
+        attention = nn.Sequential(
+            LayerSelect(layer, keepdim=True), LayerSelfAttention(d, heads, num_layers=1, across_batch=True)
+        )
+        channels = 1
     else:
         attention = nn.Identity()
 
@@ -210,18 +232,23 @@ def build_model(method: str, num_layers: int, feature_dim: int, num_classes: int
         decoder: nn.Module = nn.Identity()
         classifier = nn.Linear(d, num_classes)
     elif method == "linear":
-        if opt["layer"] is not None and not -n <= opt["layer"] < n:
-            raise ValueError(f"build_model(linear): layer={opt['layer']} is out of range for {n} layers (0-based)")
+        if opt["layer"] is not None:
+            _check_layer(method, opt["layer"], n)
         resolved["layer"] = opt["layer"]
         attention = LayerSelect(opt["layer"])
         decoder = nn.Identity()
         classifier = nn.Linear(d, num_classes)
     else:
-        decoder = ConvDecoder(n, width, opt["conv_channels"])
+        decoder = ConvDecoder(channels, width, opt["conv_channels"])
         resolved.update(conv_channels=opt["conv_channels"], grid=decoder.grid)
-        classifier = nn.Linear(n * width, num_classes)
+        classifier = nn.Linear(channels * width, num_classes)
     nn.init.xavier_uniform_(classifier.weight)
     return LayerHeadModel(method, attention, decoder, classifier, resolved)
+
+
+def _check_layer(method: str, layer: int, n: int) -> None:
+    if not -n <= layer < n:
+        raise ValueError(f"build_model({method}): layer={layer} is out of range for {n} layers (0-based)")
 
 
 def count_parameters(model: nn.Module, include_classifier: bool = True) -> int:

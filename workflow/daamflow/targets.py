@@ -8,8 +8,10 @@ RUNS = "{R}/runs/{dataset}/{encoder}/{protocol}/{method}"
 TABLES = "{R}/tables"
 FIGURES = "{R}/figures"
 FEATURE_FILES = ("features.npy", "index.csv", "manifest.json")
-# heads trained on the cached features (rule train); the LoRA methods fine-tune the encoder (rule finetune)
-HEAD_METHODS = ("daam_v1", "daam_v2", "mixture", "gqdaam", "gqa", "mha", "mha_bn", "identity", "weighted_sum", "linear")
+# heads trained on the cached features (rule train); the LoRA methods fine-tune the encoder (rule finetune).
+# mha@released: the released IEMOCAP MHA baseline (one layer, attention across the mini-batch, 1-channel conv head)
+HEAD_METHODS = ("daam_v1", "daam_v2", "mixture", "gqdaam", "gqa", "mha", "mha_bn", "identity", "weighted_sum", "linear",
+                "mha@released")
 
 
 def path(template: str, config: dict, **fields) -> str:
