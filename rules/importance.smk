@@ -1,5 +1,6 @@
 rule importance_map:
-    """IF maps of the IF method's runs (per fold, mean ± std), Fig. 2 heatmap, Fig. 3 shares, the ablation's layers."""
+    """IF maps of the IF method's runs (per fold, mean ± std), Fig. 2 heatmap, Fig. 3 shares, and each fold's layers
+    for the ablation (under clean from the fold's own run only: leak-free)."""
     input:
         runs=lambda w: runs_of(w, config["importance"]["method"]),
     output:
@@ -24,6 +25,7 @@ rule importance_map:
         out=lambda w, output: os.path.dirname(output.layers),
         k=lambda w: targets.importance_k(config, w.dataset),
         seed=config["importance"].get("seed", 0),
+        source=config["importance"]["if_source"],
         title=lambda w: f"{w.dataset} ({w.protocol}, {config['importance']['method']})",
     conda:
         "../envs/daamflow.yaml"
@@ -37,6 +39,7 @@ rule importance_map:
         runtime=10,
     shell:
         "daamflow importance map --runs {params.runs:q} --out {params.out:q} --k {params.k} --seed {params.seed}"
+        " --protocol {wildcards.protocol} --if-source {params.source}"
         " --heatmap {output.heatmap:q} --bars {output.bars:q} --title {params.title:q} > {log:q} 2>&1"
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daamflow.importance import importance_factor, layer_share, per_layer_importance, rank_layers
+from daamflow.importance import (
+    choose_layers, importance_factor, layer_share, per_layer_importance, rank_layers, select_layers,
+)
 
 
 def test_importance_factor_global_min_max():
@@ -41,3 +43,29 @@ def test_errors():
         layer_share(np.array([[-1.0, 0.0]]))
     with pytest.raises(ValueError, match="1-D"):
         rank_layers(np.zeros((2, 2)))
+
+
+def test_selection_follows_ranking_and_random_control_is_seeded():
+    per_layer = np.array([0.1, 0.9, 0.5, 0.3, 0.7, 0.2])
+    chosen = select_layers(per_layer, k=2, seed=3)
+    assert chosen["high"] == [1, 4] and chosen["low"] == [0, 5]
+    assert select_layers(per_layer, 2, seed=3)["random"] == chosen["random"]
+    draws = {tuple(select_layers(per_layer, 2, seed=s)["random"]) for s in range(20)}
+    assert len(draws) > 1
+    with pytest.raises(ValueError, match="between 1 and the number of layers"):
+        select_layers(per_layer, 7, 0)
+
+
+def test_random_control_is_drawn_per_fold_and_reproducible():
+    per_layer = np.tile(np.linspace(0, 1, 12), (5, 1))
+    folds = [f"fold{i}" for i in range(1, 6)]
+    for protocol in ("paper", "clean"):
+        choice = choose_layers(per_layer, folds, protocol, k=3, seed=0)["folds"]
+        draws = [tuple(c["random"]) for c in choice.values()]
+        assert len(set(draws)) > 1  # not one draw copied to every fold
+        assert choose_layers(per_layer, folds, protocol, k=3, seed=0)["folds"] == choice
+        assert all(c["high"] == [9, 10, 11] and c["low"] == [0, 1, 2] for c in choice.values())
+    with pytest.raises(ValueError, match="one row per fold"):
+        choose_layers(per_layer[:4], folds, "clean", 3, 0)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        choose_layers(per_layer, folds, "dev", 3, 0)

@@ -1,7 +1,8 @@
 """Layer analyses (`daamflow importance …`): does the Importance Factor find the layers that matter?
 
 - ``map``: IF maps of a DAAM method's runs (per fold, then mean ± std), the paper's Fig. 2 heatmap and Fig. 3
-  per-layer shares, and the layers chosen for the ablation (top-k, bottom-k by IF, k random under a seed).
+  per-layer shares, and the layers each fold's ablation retrains on (top-k, bottom-k by IF, k random under a seed;
+  leak-free per fold under ``clean``, see ``importance.choose_layers``).
 - ``probe``: a linear probe on each single layer, all folds → the per-layer accuracy curve.
 - ``correlate``: per-layer IF against per-layer probe accuracy (Spearman per fold and on average), one figure with
   the probe curve, IF and the learned weighted-sum layer weights overlaid.
@@ -30,11 +31,12 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from .atomic import atomic_write, write_csv, write_json  # noqa: E402
 from .config import read_settings  # noqa: E402
-from .importance import importance_factor, layer_share, per_layer_importance, rank_layers  # noqa: E402
+from .importance import (  # noqa: E402
+    SOURCES, choose_layers, importance_factor, layer_share, per_layer_importance, read_fold_layers,
+)
 from .report import write_table  # noqa: E402
 
 log = logging.getLogger(__name__)
-SELECTIONS = ("high", "low", "random")
 
 
 def fold_dirs(run_dir: Path) -> list[Path]:
@@ -44,32 +46,24 @@ def fold_dirs(run_dir: Path) -> list[Path]:
     return dirs
 
 
-def if_summary(run_dir: Path) -> dict:
-    """Per-fold IF maps of a DAAM run directory and their summaries (arrays, not yet serialised)."""
+def if_summary(run_dir: Path, source: str = "selected") -> dict:
+    """Per-fold IF maps of a DAAM run directory and their summaries (arrays, not yet serialised); ``source``: which
+    density map of each fold (``importance.SOURCES``)."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown IF source {source!r}; expected one of {sorted(SOURCES)}")
     maps, names = [], []
     for d in fold_dirs(run_dir):
-        path = d / "density.npy"
+        path = d / SOURCES[source]
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: IF needs a DAAM method's density maps")
+            raise FileNotFoundError(f"{path} is missing: IF (importance.if_source: {source}) needs a DAAM method's "
+                                    f"density maps; a fold trained before `daamflow train` wrote it needs retraining "
+                                    f"(remove {d})")
         maps.append(importance_factor(np.load(path)))
         names.append(d.name)
     stack = np.stack(maps)  # (folds, N, d)
     per_layer = np.stack([per_layer_importance(m) for m in maps])  # (folds, N)
     share = np.stack([layer_share(m) for m in maps])
     return {"folds": names, "if_maps": stack, "per_layer": per_layer, "share": share}
-
-
-def select_layers(per_layer: np.ndarray, k: int, seed: int) -> dict[str, list[int]]:
-    """0-based layers: the k highest and k lowest by IF, and k drawn at random (seeded) as a control."""
-    n = len(per_layer)
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be between 1 and the number of layers ({n}); got {k}")
-    rng = np.random.default_rng(seed)
-    return {
-        "high": sorted(int(i) for i in rank_layers(per_layer, descending=True)[:k]),
-        "low": sorted(int(i) for i in rank_layers(per_layer, descending=False)[:k]),
-        "random": sorted(int(i) for i in rng.choice(n, size=k, replace=False)),
-    }
 
 
 def _save_figure(fig, path: Path) -> None:
@@ -110,8 +104,10 @@ def layer_bar_figure(share: np.ndarray, path: Path, title: str) -> None:
     _save_figure(fig, path)
 
 
-def write_map_outputs(run_dir: Path, out_dir: Path, k: int, seed: int, heatmap: Path, bars: Path, title: str) -> dict:
-    summary = if_summary(run_dir)
+def write_map_outputs(run_dir: Path, out_dir: Path, k: int, seed: int, heatmap: Path, bars: Path, title: str,
+                      protocol: str, source: str = "selected") -> dict:
+    """if_map.npy, per_layer.csv, layers.json (the per-fold choice, see ``choose_layers``) and the two figures."""
+    summary = if_summary(run_dir, source)
     out_dir.mkdir(parents=True, exist_ok=True)
     mean_map = summary["if_maps"].mean(axis=0)
     atomic_write(out_dir / "if_map.npy", lambda p: np.save(p.open("wb"), mean_map.astype(np.float32)))
@@ -124,9 +120,9 @@ def write_map_outputs(run_dir: Path, out_dir: Path, k: int, seed: int, heatmap: 
     for name, row in zip(summary["folds"], per_layer):
         table[f"if_{name}"] = row
     write_csv(out_dir / "per_layer.csv", table)
-    chosen = select_layers(per_layer.mean(axis=0), k, seed)
-    write_json(out_dir / "layers.json", {**chosen, "k": k, "seed": seed, "indexing": "0-based",
-                                         "folds": summary["folds"], "source": str(run_dir)})
+    chosen = choose_layers(per_layer, summary["folds"], protocol, k, seed)
+    write_json(out_dir / "layers.json", {**chosen, "k": k, "seed": seed, "indexing": "0-based", "protocol": protocol,
+                                         "if_source": source, "runs": str(run_dir)})
     heatmap_figure(mean_map, heatmap, f"{title}: Importance Factor (mean over {len(summary['folds'])} folds)")
     layer_bar_figure(share, bars, f"{title}: per-layer share of IF")
     return chosen
@@ -234,6 +230,14 @@ def learned_ranges(run_dirs: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def layers_label(per_fold: dict[str, list[int]]) -> str:
+    """1-based layers of a selection: one list when every fold has the same, else each fold's."""
+    text = {fold: ",".join(str(i + 1) for i in layers) for fold, layers in per_fold.items()}
+    if len(set(text.values())) == 1:
+        return next(iter(text.values()))
+    return "; ".join(f"{fold}: {layers}" for fold, layers in text.items())
+
+
 def ablation_table(run_tables: list[Path], layers_files: dict[str, Path]) -> pd.DataFrame:
     """High-IF vs low-IF vs random layers (and all layers), per protocol: folds, mean, std (population)."""
     rows = []
@@ -244,8 +248,7 @@ def ablation_table(run_tables: list[Path], layers_files: dict[str, Path]) -> pd.
         protocol = runs["protocol"].iloc[0]
         layers = "all"
         if selection:
-            chosen = json.loads(Path(layers_files[protocol]).read_text())[selection]
-            layers = ",".join(str(i + 1) for i in chosen)
+            layers = layers_label(read_fold_layers(layers_files[protocol], selection))
         row = {"protocol": protocol, "method": base, "selection": selection or "all", "layers": layers}
         acc = 100 * runs.set_index("fold")["accuracy"]
         row.update(acc.to_dict())
@@ -305,6 +308,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--out", required=True, type=Path, help="folder for if_map.npy, per_layer.csv, layers.json")
     m.add_argument("--k", required=True, type=int, help="layers per selection (the paper: 1 speech, 3 text/vision)")
     m.add_argument("--seed", type=int, default=0, help="seed of the random-layer control")
+    m.add_argument("--protocol", required=True, choices=("paper", "clean"),
+                   help="clean: each fold's layers from its own run (leak-free); paper: one choice from the mean IF")
+    m.add_argument("--if-source", default="selected", choices=sorted(SOURCES),
+                   help="the selected model's density map, or the average over every epoch's (released code)")
     m.add_argument("--heatmap", required=True, type=Path)
     m.add_argument("--bars", required=True, type=Path)
     m.add_argument("--title", default="")
@@ -338,8 +345,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     stem = getattr(args, "out_table", None)
     if args.part == "map":
-        chosen = write_map_outputs(args.runs, args.out, args.k, args.seed, args.heatmap, args.bars, args.title)
-        log.info("layers (0-based): %s", chosen)
+        chosen = write_map_outputs(args.runs, args.out, args.k, args.seed, args.heatmap, args.bars, args.title,
+                                   args.protocol, args.if_source)
+        log.info("layers (0-based), %s: %s", chosen["scope"], chosen["folds"])
     elif args.part == "correlate":
         per_layer = pd.read_csv(args.per_layer)
         probes = probe_table(args.probes)
