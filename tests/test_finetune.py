@@ -199,8 +199,8 @@ def test_released_suffix_turns_every_quirk_on_and_is_its_own_row():
     plain = finetune_settings(config, "llm", "loraplus_r4", "paper")
     assert plain["hyper"]["epochs"] == 3 and "label" not in plain
     metrics = {k: 0 for k in ("seed", "accuracy", "macro_f1", "best_epoch", "epochs_run", "params",
-                              "params_without_classifier", "wall_time_s", "settings_hash")}
-    assert run_row(released, "fold1", metrics, {})["method"] == "loraplus_r4@released"
+                              "params_without_classifier", "wall_time_s", "settings_hash", "identity")}
+    assert run_row(released, "fold1", {**metrics, "inputs": {}})["method"] == "loraplus_r4@released"
     with pytest.raises(ValueError, match="lora_r<rank>"):
         finetune_settings(config, "llm", "lora_r4@paper", "paper")
 
@@ -310,9 +310,9 @@ def test_finetune_rule_in_the_workflow(tmp_path):
     run_dir = tmp_path / "results/runs/fashion/tiny-beit/paper/lora_r4"
     runs = pd.read_csv(run_dir / "runs.csv")
     metrics = {"seed": 0, "accuracy": 0, "macro_f1": 0, "best_epoch": 0, "epochs_run": 0, "params": 0,
-               "params_without_classifier": 0, "wall_time_s": 0, "settings_hash": ""}
+               "params_without_classifier": 0, "wall_time_s": 0, "settings_hash": "", "identity": "", "inputs": {}}
     names = {"dataset": "", "encoder": "", "protocol": "", "method": ""}
-    assert list(runs.columns) == list(run_row(names, "", metrics, {}))  # the heads' columns
+    assert list(runs.columns) == list(run_row(names, "", metrics))  # the heads' columns
     assert runs["fold"].tolist() == ["run1", "run2"] and set(runs["method"]) == {"lora_r4"}
     first = json.loads((run_dir / "run1/metrics.json").read_text())
     assert first["settings"]["finetune"]["rank"] == 4 and first["epochs_run"] == 1

@@ -18,6 +18,7 @@ import importlib.metadata
 import importlib.resources
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ ENCODER_JSON = "encoder.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # What loading a hub model and its processor needs besides the weights (configs, tokenizer and processor files).
 _HUB_FILES = ["*.json", "*.model", "vocab.txt", "merges.txt"]
+# A Hugging Face repo id: "name" or "org/name", never starting with "." (so "./models/x" is a path)
+_REPO_ID = re.compile(r"[\w-][\w.-]*(/[\w-][\w.-]*)?")
 _SPEC_KEYS = {
     "package": ({"kind", "package"}, {"subdir"}),
     "tiny": ({"kind", "arch"}, {"seed", "config"}),
@@ -72,6 +75,9 @@ def materialise(spec: dict, out_dir: Path | str) -> Path:
             f"accepted: {sorted(required | optional)}"
         )
     out_dir = Path(out_dir)
+    if kind == "hub" and is_local_path(spec["id"]) and not Path(spec["id"]).expanduser().is_dir():
+        # the hub client would report a path as a malformed repo id and suggest a network problem
+        raise FileNotFoundError(f"local encoder folder not found: {spec['id']} (encoders.{out_dir.name}.id)")
     with atomic_dir(out_dir) as work:
         info = {"package": _from_package, "tiny": _tiny, "hub": _from_hub}[kind](spec, work)
         model_cfg = json.loads((work / "config.json").read_text())
@@ -86,6 +92,11 @@ def materialise(spec: dict, out_dir: Path | str) -> Path:
             "weights": {p.name: sha256_file(p) for p in sorted(work.iterdir()) if p.suffix in WEIGHT_SUFFIXES},
         })
     return out_dir
+
+
+def is_local_path(source: str) -> bool:
+    """True when a hub spec's ``id`` can only be a folder (absolute, ./ ../ ~, or more than org/name)."""
+    return source.startswith(("/", ".", "~")) or not _REPO_ID.fullmatch(source)
 
 
 def encoder_name(spec: dict) -> str:
@@ -152,8 +163,8 @@ def _from_hub(spec: dict, work: Path) -> dict:
     from huggingface_hub import snapshot_download
 
     source, revision = spec["id"], spec.get("revision")
-    if Path(source).is_dir():
-        folder, commit = Path(source), None
+    if Path(source).expanduser().is_dir():
+        folder, commit = Path(source).expanduser(), None
     else:
         try:
             folder = Path(snapshot_download(source, revision=revision, allow_patterns=_HUB_FILES + ["*.safetensors"],

@@ -61,6 +61,7 @@ RELEASED_TARGETS = {
 RELEASED_FROZEN_HEAD = {"audio": "projector", "text": "all", "image": "none"}
 RELEASED_PROJECTOR = 256
 HEAD_INIT_STD = 0.02  # transformers' initializer_range: how the released (HF) heads were initialised
+DATA_MANIFEST = "data/manifest.csv"  # the prepared data's key among a fold's inputs
 
 
 def parse_method(method: str) -> tuple[bool, int, bool]:
@@ -314,7 +315,7 @@ def run_split(
     from .atomic import write_json
     from .batching import grouped_batches
     from .fit import conclude, fit, resolve_device, use_amp
-    from .manifest import read_prepared, sha256_file
+    from .manifest import read_prepared
 
     data_dir, encoder_dir, out_dir = Path(data_dir), Path(encoder_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -329,6 +330,7 @@ def run_split(
     model, base, targets = build_model(encoder_dir, settings, num_classes, dev, dtype)
     inputs = Inputs(data_dir, df, ft["modality"], base, encoder_dir, ft["max_length"])
     optimiser = make_optimiser(model, settings)
+    digests = fold_inputs(data_dir, encoder_dir)
 
     def predict(rows: np.ndarray) -> np.ndarray:
         return _predict(model, inputs, rows, hp["batch_size"], dev, dtype)
@@ -341,7 +343,7 @@ def run_split(
 
     fitted = fit(model, optimiser, split, labels, settings, out_dir, dev,
                  logits=lambda rows: inputs.logits(model, rows, dev, dtype), predict=predict,
-                 weights=lambda: adapter_state(model), load_weights=load_weights,
+                 weights=lambda: adapter_state(model), load_weights=load_weights, inputs=digests,
                  after_first_epoch=_gradient_watch(model), batches=grouped if ft["group_by_length"] else None,
                  stop_after_epoch=stop_after_epoch, progress=progress)
     if fitted.probe:
@@ -349,7 +351,7 @@ def run_split(
                     "read without calling it (WavLM's fused attention reads q/k/v weights directly)",
                     split.name, len(fitted.probe), fitted.probe[0])
     metrics = conclude(fitted, model, split, labels, df["id"].to_numpy(), num_classes, settings, out_dir, dev,
-                       predict=predict, load_weights=load_weights)
+                       predict=predict, load_weights=load_weights, inputs=digests)
     info = read_encoder_info(encoder_dir)
     metrics.update({
         **parameter_counts(model, optimiser),
@@ -358,7 +360,7 @@ def run_split(
         "adapters_without_gradient": fitted.probe or [],
         "encoder_model_type": base.config.model_type,
         "encoder_weights_sha256": info["weights"],
-        "data_sha256": sha256_file(data_dir / "manifest.csv"),
+        "data_sha256": digests[DATA_MANIFEST],
         "versions": {**metrics["versions"], **_library_versions()},
     })
     write_json(out_dir / "metrics.json", metrics)  # last: its presence marks the fold finished
@@ -374,6 +376,17 @@ def _library_versions() -> dict:
     return {"peft": peft.__version__, "transformers": transformers.__version__}
 
 
+def fold_inputs(data_dir: Path, encoder_dir: Path) -> dict[str, str]:
+    """A LoRA fold's inputs for ``fit.fold_identity``: the prepared data manifest's sha256 and the encoder's weight
+    checksums (recorded in encoder.json when the encoder folder was built)."""
+    from .encoders import read_encoder_info
+    from .manifest import sha256_file
+
+    weights = read_encoder_info(encoder_dir)["weights"]
+    return {DATA_MANIFEST: sha256_file(Path(data_dir) / "manifest.csv"),
+            **{f"encoder/{name}": sha for name, sha in sorted(weights.items())}}
+
+
 def splits_of(data_dir: Path | str, settings: dict) -> list[Split]:
     """The folds/seeded runs of a prepared dataset: the heads' ``make_splits`` over its manifest."""
     from .folds import make_splits
@@ -385,20 +398,27 @@ def splits_of(data_dir: Path | str, settings: dict) -> list[Split]:
 
 
 def run_fold(data_dir: Path | str, encoder_dir: Path | str, settings: dict, out_dir: Path | str, fold: str,
-             device: str = "auto", threads: int = 1) -> dict:
-    """Run (or resume, or reuse) one fold/seed; a top-level function so that launchers can ship it to a worker."""
+             identity: str, device: str = "auto", threads: int = 1) -> dict:
+    """Run (or resume, or reuse) one fold/seed; a top-level function so that launchers can ship it to a worker.
+
+    ``identity`` is the ``fit.fold_identity`` the caller computed; the fold holds ``<fold>/.lock`` while it runs.
+    """
     import torch
 
-    from .fit import finished, settings_hash
+    from .fit import finished, fold_identity, fold_lock
+    from .train import check_identity
 
     torch.set_num_threads(threads)
+    found = fold_identity(settings, fold_inputs(Path(data_dir), Path(encoder_dir)))
+    check_identity(fold, identity, found, f"prepared data {data_dir} or encoder {encoder_dir}")
     split = {s.name: s for s in splits_of(data_dir, settings)}[fold]
     fold_dir = Path(out_dir) / fold
-    metrics = finished(fold_dir, settings_hash(settings))
-    if metrics is not None:
-        log.info("%s: finished earlier with the same settings; reused", fold)
-        return metrics
-    return run_split(data_dir, encoder_dir, split, settings, fold_dir, device, progress=False)
+    with fold_lock(fold_dir):
+        metrics = finished(fold_dir, identity)
+        if metrics is not None:
+            log.info("%s: finished earlier with the same settings, data and encoder; reused", fold)
+            return metrics
+        return run_split(data_dir, encoder_dir, split, settings, fold_dir, device, progress=False)
 
 
 def finetune_all(
@@ -428,7 +448,7 @@ def finetune_all(
                          f"is {meta['modality']}")
     splits = splits_of(data_dir, settings)
     # no feature store: features_sha256 stays empty in runs.csv
-    return run_folds(run_fold, splits, settings, out_dir, only, threads, launcher, {},
+    return run_folds(run_fold, splits, settings, out_dir, only, threads, launcher, fold_inputs(data_dir, encoder_dir),
                      data_dir=data_dir, encoder_dir=encoder_dir, device=device)
 
 

@@ -27,11 +27,14 @@ _STR_COLUMNS = {c: str for c in ("id", "label_name", "group", "split", "text", "
 def atomic_dir(out_dir: Path | str) -> Iterator[Path]:
     """Yield an empty temp folder beside ``out_dir``; on success it replaces ``out_dir`` as a whole.
 
-    An existing ``out_dir`` survives untouched if the body raises; the temp folder is always cleaned up.
+    An existing ``out_dir`` survives untouched if the body raises; the temp folder is always cleaned up. The folder
+    gets the permissions of a plain ``mkdir`` (the umask's), not mkdtemp's owner-only ``drwx------``, so that a
+    group sharing the results can read it.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if out_dir.exists():
@@ -45,6 +48,12 @@ def atomic_dir(out_dir: Path | str) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:

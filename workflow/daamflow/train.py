@@ -2,17 +2,18 @@
 
 Each fold writes the run contract of DESIGN §3 into ``<out>/<fold>/``: ``metrics.json``, ``history.csv``,
 ``predictions.csv``, ``checkpoint.pt`` (resume state, written atomically after every epoch), ``model.pt`` (the selected
-weights) and, for DAAM methods, ``density.npy`` and ``gaussians.json``. ``<out>/runs.csv`` gathers the folds.
+weights) and, for DAAM methods, ``density.npy`` (the selected model's gate averaged over the select part),
+``density_all_epochs.npy`` (the same map of every epoch's model, averaged) and ``gaussians.json``. ``<out>/runs.csv``
+gathers the folds.
 
 Resume is exact: shuffling draws from a generator seeded by (seed, epoch), so a run restarted from
 ``checkpoint.pt`` at epoch e+1 ends with the numbers an uninterrupted run gives. A fold whose ``metrics.json``
-carries the same settings hash is finished and never recomputed; a different hash means the settings changed, and
-the fold starts over.
+carries the same fold identity (settings hash and the store's checksums, ``fit.fold_identity``) is finished and never
+recomputed; changed settings or a changed store start the fold over.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -24,14 +25,17 @@ from tqdm import tqdm
 from . import heads
 from .atomic import atomic_write, write_csv, write_json
 from .config import read_settings
-from .features import load_store
-from .fit import conclude, finished, fit, resolve_device, settings_hash
+from .features import FEATURES, INDEX, load_store
+from .fit import conclude, finished, fit, fold_identity, fold_lock, refit, refits, resolve_device
 from .folds import Split, make_splits
+from .importance import read_fold_layers
 
 log = logging.getLogger(__name__)
 
 
-VERIFY_MAX_BYTES = 2 << 30  # feature stores up to 2 GiB get their sha256 checked before training
+def store_inputs(manifest: dict) -> dict[str, str]:
+    """A head fold's inputs for ``fold_identity``: the store's recorded checksums (verified by ``train_all``)."""
+    return {name: manifest["sha256"][name] for name in (FEATURES, INDEX)}
 
 
 def _inputs(features: np.ndarray, rows: np.ndarray, layers: list[int] | None, dev: torch.device) -> torch.Tensor:
@@ -69,28 +73,60 @@ def run_split(
     device: str = "auto",
     stop_after_epoch: int | None = None,
     progress: bool = True,
+    inputs: dict[str, str] | None = None,
 ) -> dict:
-    """Train, select and test one fold/seed; resumable from ``out_dir/checkpoint.pt``. Returns its metrics."""
+    """Train, select and test one fold/seed; resumable from ``out_dir/checkpoint.pt``. Returns its metrics.
+
+    ``inputs``: the digests of the store the features come from (``store_inputs``), part of the fold's identity.
+    """
+    inputs = inputs or {}
     out_dir.mkdir(parents=True, exist_ok=True)
     hp = settings["hyper"]
     dev = resolve_device(device)
-    layers = settings.get("layers")
+    layers = fold_layers(settings, split.name)
     num_layers = len(layers) if layers is not None else features.shape[1]
 
     torch.manual_seed(split.seed)
     model = heads.build_model(settings["method"], num_layers, features.shape[2], num_classes,
                               **settings["model_options"]).to(dev)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if refits(settings) else None
+
+    def make_optimiser() -> torch.optim.Optimizer:
+        return torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+
+    optimiser = make_optimiser()
 
     def predict(rows: np.ndarray) -> np.ndarray:
         return _evaluate(model, features, rows, layers, hp["batch_size"], dev)[0]
 
+    latest = {}  # the density map of the latest selection pass (DAAM methods)
+
+    def select(rows: np.ndarray) -> np.ndarray:  # fit's selection pass, once per epoch
+        pred, latest["density"] = _evaluate(model, features, rows, layers, hp["batch_size"], dev, with_density=True)
+        return pred
+
+    def accumulate(total: dict | None) -> dict | None:
+        """Sum of every epoch's select-part density map: the released attention maps accumulate over all epochs."""
+        if latest.get("density") is None:
+            return None
+        density = torch.from_numpy(latest["density"])
+        return {"sum": density, "epochs": 1} if total is None else {"sum": total["sum"] + density,
+                                                                     "epochs": total["epochs"] + 1}
+
     fitted = fit(model, optimiser, split, labels, settings, out_dir, dev,
-                 logits=lambda rows: model(_inputs(features, rows, layers, dev)), predict=predict,
-                 weights=model.state_dict, load_weights=model.load_state_dict, stop_after_epoch=stop_after_epoch,
-                 progress=progress)
-    metrics = conclude(fitted, model, split, labels, ids, num_classes, settings, out_dir, dev,
-                       predict=predict, load_weights=model.load_state_dict)
+                 logits=lambda rows: model(_inputs(features, rows, layers, dev)), predict=select,
+                 weights=model.state_dict, load_weights=model.load_state_dict, inputs=inputs, accumulate=accumulate,
+                 stop_after_epoch=stop_after_epoch, progress=progress)
+    tested, refitted = split, {"refit": False}
+    if initial is not None:
+        fitted, tested, refitted = refit(
+            fitted, model, make_optimiser, initial, split, labels, settings, out_dir, dev,
+            logits=lambda rows: model(_inputs(features, rows, layers, dev)), predict=predict,
+            weights=model.state_dict, load_weights=model.load_state_dict, inputs=inputs,
+            stop_after_epoch=stop_after_epoch, progress=progress)
+    metrics = conclude(fitted, model, tested, labels, ids, num_classes, settings, out_dir, dev,
+                       predict=predict, load_weights=model.load_state_dict, inputs=inputs)
+    metrics.update(refitted)
     _, density = _evaluate(model, features, split.select, layers, hp["batch_size"], dev, with_density=True)
     metrics.update({
         "params": heads.count_parameters(model, include_classifier=True),
@@ -100,6 +136,9 @@ def run_split(
     })
     if density is not None:
         atomic_write(out_dir / "density.npy", lambda p: _save_npy(p, density))
+    if fitted.accumulated is not None:
+        all_epochs = (fitted.accumulated["sum"] / fitted.accumulated["epochs"]).numpy()
+        atomic_write(out_dir / "density_all_epochs.npy", lambda p: _save_npy(p, all_epochs))
     gaussians = heads.gaussian_parameters(model)
     if gaussians is not None:
         write_json(out_dir / "gaussians.json", gaussians)
@@ -110,6 +149,18 @@ def run_split(
     log.info("%s %s: best epoch %d (selection accuracy %.4f), test accuracy %.4f, macro-F1 %.4f", settings["method"],
              split.name, metrics["best_epoch"], metrics["select_accuracy"], metrics["accuracy"], metrics["macro_f1"])
     return metrics
+
+
+def fold_layers(settings: dict, fold: str) -> list[int] | None:
+    """The layers a fold trains on: ``settings["layers"]`` is a list for every fold, or ``{fold: list}`` when each fold
+    has its own (an IF ablation: each fold's layers come from models that never saw its test part)."""
+    layers = settings.get("layers")
+    if not isinstance(layers, dict):
+        return layers
+    if fold not in layers:
+        raise ValueError(f"settings.layers has no layers for {fold} (it has {sorted(layers)}): the layer choice was "
+                         "made on other folds; rerun `daamflow importance map` on the current runs")
+    return layers[fold]
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -124,19 +175,34 @@ def splits_of(store, settings: dict) -> list[Split]:
     )
 
 
-def run_fold(store_dir: Path, settings: dict, out_dir: Path, fold: str, device: str = "auto", threads: int = 1) -> dict:
-    """Run (or resume, or reuse) one fold/seed; a top-level function so that launchers can ship it to a worker."""
+def check_identity(fold: str, expected: str, found: str, what: str) -> None:
+    """A fold job runs only on the inputs it was submitted for (its ``identity`` is part of the launcher's call)."""
+    if expected != found:
+        raise RuntimeError(f"{fold}: {what} changed after this fold was submitted (identity {found}, submitted as "
+                           f"{expected}); rerun the workflow to train on the current inputs")
+
+
+def run_fold(store_dir: Path, settings: dict, out_dir: Path, fold: str, identity: str, device: str = "auto",
+             threads: int = 1) -> dict:
+    """Run (or resume, or reuse) one fold/seed; a top-level function so that launchers can ship it to a worker.
+
+    ``identity`` is the ``fold_identity`` the caller computed; the fold holds ``<fold>/.lock`` while it runs.
+    """
     torch.set_num_threads(threads)
     store = load_store(store_dir, verify=False)  # verified once by train_all before any fold is launched
+    inputs = store_inputs(store.manifest)
+    check_identity(fold, identity, fold_identity(settings, inputs), f"feature store {store_dir}")
     split = {s.name: s for s in splits_of(store, settings)}[fold]
     fold_dir = Path(out_dir) / fold
-    metrics = finished(fold_dir, settings_hash(settings))
-    if metrics is not None:
-        log.info("%s: finished earlier with the same settings; reused", fold)
-        return metrics
-    ids = store.index["id"].astype(str).to_numpy()
-    num_classes = int(store.labels.max()) + 1
-    return run_split(store.features, store.labels, ids, num_classes, split, settings, fold_dir, device, progress=False)
+    with fold_lock(fold_dir):
+        metrics = finished(fold_dir, identity)
+        if metrics is not None:
+            log.info("%s: finished earlier with the same settings and features; reused", fold)
+            return metrics
+        ids = store.index["id"].astype(str).to_numpy()
+        num_classes = int(store.labels.max()) + 1
+        return run_split(store.features, store.labels, ids, num_classes, split, settings, fold_dir, device,
+                         progress=False, inputs=inputs)
 
 
 def train_all(
@@ -152,12 +218,9 @@ def train_all(
 
     ``launcher`` (see daamflow.launch) sends the unfinished folds out as one job array; by default they run here.
     """
-    # hashing a multi-GB store in each of its many train jobs costs minutes each; embed wrote and hashed it, and
-    # shape/dtype/index are still checked; small stores are verified in full
-    size = (Path(store_dir) / "features.npy").stat().st_size if (Path(store_dir) / "features.npy").exists() else 0
-    store = load_store(store_dir, verify=size <= VERIFY_MAX_BYTES)
+    store = load_store(store_dir)  # checksums verified here, once, not in each fold job
     splits = splits_of(store, settings)
-    return run_folds(run_fold, splits, settings, out_dir, only, threads, launcher, store.manifest,
+    return run_folds(run_fold, splits, settings, out_dir, only, threads, launcher, store_inputs(store.manifest),
                      store_dir=store_dir, device=device)
 
 
@@ -169,11 +232,15 @@ def run_folds(
     only: list[str] | None,
     threads: int,
     launcher: dict | None,
-    store_manifest: dict,
+    inputs: dict[str, str],
     **call_args,
 ) -> pd.DataFrame:
     """Shared by train and finetune: run the unfinished folds (here, or as one job array through ``launcher``) with
-    ``fold_fn(fold=…, settings=…, out_dir=…, threads=…, **call_args)``, then write ``out_dir/runs.csv``."""
+    ``fold_fn(fold=…, settings=…, out_dir=…, threads=…, identity=…, **call_args)``, then write ``out_dir/runs.csv``.
+
+    ``inputs`` (digests of the input files) and the settings make the folds' identity: a fold finished under another
+    identity runs again, and a queued job re-attaches only when its call (identity included) is the same.
+    """
     if only:
         unknown = sorted(set(only) - {s.name for s in splits})
         if unknown:
@@ -182,9 +249,10 @@ def run_folds(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "settings.json", settings)
-    digest = settings_hash(settings)
-    todo = [s.name for s in splits if finished(out_dir / s.name, digest) is None]
-    calls = [dict(call_args, settings=settings, out_dir=out_dir, fold=f, threads=threads) for f in todo]
+    identity = fold_identity(settings, inputs)
+    todo = [s.name for s in splits if finished(out_dir / s.name, identity) is None]
+    calls = [dict(call_args, settings=settings, out_dir=out_dir, fold=f, threads=threads, identity=identity)
+             for f in todo]
     if calls and launcher and launcher.get("kind", "inline") != "inline":
         from .launch import run_calls
 
@@ -196,16 +264,16 @@ def run_folds(
             fold_fn(**kwargs)
     rows = []
     for split in splits:
-        metrics = finished(out_dir / split.name, digest)
+        metrics = finished(out_dir / split.name, identity)
         if metrics is None:  # a launcher that returned without the fold's metrics.json is a failure, never a success
             raise RuntimeError(f"{split.name}: no finished metrics.json in {out_dir / split.name} after its run")
-        rows.append(run_row(settings, split.name, metrics, store_manifest))
+        rows.append(run_row(settings, split.name, metrics))
     frame = pd.DataFrame(rows)
     write_csv(out_dir / "runs.csv", frame)
     return frame
 
 
-def run_row(settings: dict, fold: str, metrics: dict, store_manifest: dict) -> dict:
+def run_row(settings: dict, fold: str, metrics: dict) -> dict:
     return {
         "dataset": settings["dataset"],
         "encoder": settings["encoder"],
@@ -221,7 +289,8 @@ def run_row(settings: dict, fold: str, metrics: dict, store_manifest: dict) -> d
         "params_without_classifier": metrics["params_without_classifier"],
         "wall_time_s": metrics["wall_time_s"],
         "settings_hash": metrics["settings_hash"],
-        "features_sha256": store_manifest.get("sha256", {}).get("features.npy", ""),
+        "identity": metrics["identity"],
+        "features_sha256": metrics["inputs"].get(FEATURES, ""),
     }
 
 
@@ -248,9 +317,9 @@ def main(args: argparse.Namespace) -> int:
     settings = read_settings(args.settings)
     if (args.layers_from is None) != (args.selection is None):
         raise SystemExit("--layers-from and --selection go together")
-    if args.layers_from is not None:
-        chosen = json.loads(args.layers_from.read_text())
-        settings = {**settings, "layers": chosen[args.selection], "label": f"{settings['method']}@{args.selection}"}
+    if args.layers_from is not None:  # every fold's own layers, hashed with the settings
+        settings = {**settings, "layers": read_fold_layers(args.layers_from, args.selection),
+                    "label": f"{settings['method']}@{args.selection}"}
     only = args.folds.split(",") if args.folds else None
     launcher = read_settings(args.launcher) if args.launcher else None
     frame = train_all(args.features, settings, args.out, args.device, only, args.threads, launcher)
