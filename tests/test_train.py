@@ -117,3 +117,39 @@ def test_confusion_and_macro_f1_by_hand():
     assert m.tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
     # F1: class 0 = 2/(2+1+1) = 0.5, class 1 = 4/(4+1+0) = 0.8, class 2 = 0, class 3 (absent) = 0
     assert macro_f1(m) == pytest.approx((0.5 + 0.8) / 4)
+
+
+def test_clean_refit_trains_on_train_plus_dev_for_the_selected_epochs_and_resumes(store, tmp_path):
+    from daamflow.features import load_store
+
+    s = load_store(store)
+    plain = _settings(method="daam_v1", epochs=5)
+    settings = {**plain, "hyper": {**plain["hyper"], "refit": True}}
+    split = make_splits(s.labels, s.groups, s.splits, settings["evaluation"], "clean", 3)[0]
+    ids = s.index["id"].to_numpy()
+
+    def run(name, cfg, **kw):
+        return run_split(s.features, s.labels, ids, C, split, cfg, tmp_path / name, "cpu", progress=False, **kw)
+
+    selected, a, b = run("plain", plain), run("a", settings), run("b", settings)
+    epochs, rows = selected["best_epoch"], len(split.train) + len(split.select)
+    assert selected["refit"] is False and a["refit"] is True
+    assert a["refit_epochs"] == a["best_epoch"] == epochs and a["select_accuracy"] == selected["select_accuracy"]
+    assert a["split"]["n_train"] == a["refit_train_rows"] == rows and a["split"]["n_test"] == len(split.test)
+    assert a["refit_rows_seen"] == epochs * rows  # every training step of the refit drew from train + dev
+    assert len(a["refit_history"]) == epochs
+    tested, chosen = torch.load(tmp_path / "a/model.pt"), torch.load(tmp_path / "plain/model.pt")
+    assert any(not torch.equal(tested[k], chosen[k]) for k in tested)  # the tested model is the refit one
+    for key in ["accuracy", "confusion", "refit_history"]:
+        assert a[key] == b[key], key  # deterministic
+    assert all(torch.equal(tested[k], v) for k, v in torch.load(tmp_path / "b/model.pt").items())
+    while True:  # one more epoch per call: the selection run, then the refit, each resumed from its checkpoint
+        try:
+            resumed = run("cut", settings, stop_after_epoch=1)
+            break
+        except Interrupted:
+            pass
+    for key in ["accuracy", "confusion", "refit_history", "best_epoch"]:
+        assert resumed[key] == a[key], key
+    paper = run("paper", {**settings, "protocol": "paper"})  # the select part is the test part: never trained on
+    assert paper["refit"] is False and paper["split"]["n_train"] == len(split.train)
