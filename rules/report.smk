@@ -196,6 +196,39 @@ rule claims:
         " > {log:q} 2>&1"
 
 
+rule quirk_table:
+    """Each released-code quirk's switch off vs on (daamflow.quirks.QUIRKS), per dataset, paired over folds/seeds;
+    a quirk whose two runs are not both in the grid is left out."""
+    input:
+        runs=targets.run_tables(config),
+    output:
+        tables=[
+            report(
+                f"{R}/tables/quirks.csv",
+                caption="../report/quirks.rst",
+                category="Claims",
+                labels={"table": "quirk effects"},
+            ),
+            f"{R}/tables/quirks.md",
+            f"{R}/tables/quirks.tex",
+        ],
+    params:
+        stem=lambda w, output: output.tables[0][: -len(".csv")],
+        alpha=config["claims"]["alpha"],
+    conda:
+        "../envs/daamflow.yaml"
+    log:
+        f"{R}/logs/report/quirks.log",
+    benchmark:
+        f"{R}/benchmarks/report/quirks.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "daamflow report quirks --runs {input.runs:q} --out-table {params.stem:q} --alpha {params.alpha} > {log:q} 2>&1"
+
+
 rule curves:
     """Plot-ready CSVs for `dvc plots`: per-epoch selection accuracy and loss per method, per-layer IF and probe."""
     input:

@@ -524,6 +524,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="margin in accuracy points per our or paper dataset (config claims.margins)")
     c.add_argument("--seeded", nargs="*", default=[], metavar="DATASET",
                    help="datasets with one fixed test set (scheme seeds): item-level test from their predictions.csv")
+    q = sub.add_parser("quirks", help="each released-code quirk's switch off vs on, per dataset, paired over folds")
+    q.add_argument("--runs", nargs="+", required=True, type=Path, help=runs_help)
+    q.add_argument("--out-table", required=True, type=Path, help="table stem (.csv/.md/.tex are written)")
+    q.add_argument("--alpha", type=float, default=C.ALPHA, help="1 − the level of the t-intervals")
     cu = sub.add_parser("curves", help="plot-ready CSVs: per-epoch history per method, per-layer IF and probe accuracy")
     cu.add_argument("--runs", nargs="+", required=True, type=Path, help=runs_help)
     cu.add_argument("--per-layer", nargs="*", default=[], type=Path, help="per_layer.csv files of `importance map`")
@@ -563,6 +567,12 @@ def main(args: argparse.Namespace) -> int:
                 raise ValueError(f"--margins: {key}={value!r} is not a number of accuracy points") from None
         claims_report(runs, C.parse_pairs(args.paper_datasets), args.parameters, args.tables, args.alpha, margins,
                       C.load_items(args.runs, args.seeded), set(args.seeded))
+    elif args.part == "quirks":
+        from . import quirks
+
+        table = quirks.quirk_table(runs, alpha=args.alpha)
+        write_table(table, args.out_table, quirks.caption(alpha=args.alpha),
+                    shown=quirks.display_quirks(table, args.alpha))
     elif args.part == "curves":
         write_curves(args.runs, args.per_layer, args.probes, args.out)
     else:

@@ -149,9 +149,10 @@ def curve_files(config: dict) -> list[str]:
 
 def report_tables(config: dict) -> list[str]:
     """Every table beyond the per-dataset ones: the paper's tables with ours beside them, the summary table, the
-    parameter table, the claims and the paired comparisons (all csv, md, tex), claims.json and the curves."""
+    parameter table, the claims, the paired comparisons and the quirk effects (all csv, md, tex), claims.json and the
+    curves."""
     tables = path(TABLES, config)
-    stems = [f"{tables}/parameters", f"{tables}/claims", f"{tables}/paired"]
+    stems = [f"{tables}/parameters", f"{tables}/claims", f"{tables}/paired", f"{tables}/quirks"]
     if paper_datasets(config):
         stems.append(f"{tables}/paper_summary")
     out = [f"{s}.{ext}" for s in stems for ext in ("csv", "md", "tex")] + [f"{tables}/claims.json"]
