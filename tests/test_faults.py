@@ -89,6 +89,33 @@ def test_checkpoint_of_other_data_is_not_resumed(tmp_path, caplog):
     assert metrics == {**_one_fold(b, settings, tmp_path / "clean"), "wall_time_s": metrics["wall_time_s"]}
 
 
+def test_changed_prepared_data_retrains_lora_folds(tmp_path, encoder_dir, make_prepared):
+    from daamflow.config import validate_config
+    from daamflow.finetune import finetune_all, finetune_settings
+
+    config = validate_config({
+        "datasets": {"llm": {"source": "wordnet", "encoder": "llama", "evaluation": {"scheme": "seeds", "runs": 1}}},
+        "encoders": {"llama": {"kind": "tiny", "arch": "llama"}}, "methods": ["lora_r4"],
+        "training": {"defaults": {"epochs": 1, "batch_size": 4}},
+    })
+    settings = finetune_settings(config, "llm", "lora_r4", "paper")
+
+    def prepare(n: int) -> Path:
+        rows = [{"id": f"s{i}", "label": i % 2, "text": f"{('dog', 'oak')[i % 2]} number {i}",
+                 "split": "test" if (i // 2) % 3 == 0 else "train"} for i in range(n)]
+        return make_prepared(tmp_path / "data", "text", rows, ["animal", "plant"])
+
+    out = tmp_path / "run"
+    finetune_all(prepare(12), encoder_dir("llama"), settings, out, "cpu")
+    before = json.loads((out / "run1/metrics.json").read_text())
+    runs = finetune_all(prepare(18), encoder_dir("llama"), settings, out, "cpu")
+    after = json.loads((out / "run1/metrics.json").read_text())
+    assert after["split"]["n_test"] > before["split"]["n_test"]
+    assert after["inputs"]["data/manifest.csv"] != before["inputs"]["data/manifest.csv"]
+    assert after["inputs"]["encoder/model.safetensors"] == before["inputs"]["encoder/model.safetensors"]
+    assert runs["identity"].tolist() == [after["identity"]]
+
+
 def test_a_fold_job_refuses_inputs_changed_since_submission(tmp_path):
     store_dir = _store(tmp_path / "store", per_class=12)
     stale = fold_identity(_settings(), {"features.npy": "0" * 64, "index.csv": "0" * 64})
