@@ -1,12 +1,18 @@
 """daamflow: regenerate the results of 'Density Adaptive Attention is All You Need' (arXiv 2401.11143).
 
-    snakemake --cores 2                       # the embedded default (config/config.yaml), CPU, minutes
-    snakemake --configfile config/paper.yaml  # the paper's grid (GPUs, real data)
-    snakemake results/tables/<name>.md        # one table and what it needs
+    snakemake --cores 2                                    # the embedded default (config/config.yaml), CPU, minutes
+    snakemake --cores 8 --configfile config/paper.yaml     # the paper's grid (GPUs, real data)
+    snakemake --profile slurm --configfile config/paper.yaml   # the same on a SLURM cluster (profiles/slurm)
+    snakemake --cores 2 results/tables/<name>.md           # one table and what it needs
 """
+import os
+import sys
+
 from daamflow.config import validate_config
 from daamflow.preflight import check_resources
+from daamflow.profiles import precedence_warnings
 
+from snakemake.logging import logger
 from snakemake.utils import min_version
 
 min_version("8.0")
@@ -22,6 +28,11 @@ if not workflow.overwrite_configfiles:
 # `snakemake --report results/report.html`: this description, then every output flagged with report() in rules/.
 report: "report/workflow.rst"
 
+
+# Snakemake lets a profile's `config:` override --configfile values, and a command-line --config drop a profile's
+# `config:`, without a word: say so.
+for warning in precedence_warnings(sys.argv[1:], os.environ, workflow.config_settings.configfiles, workflow.config_settings.config):
+    logger.warning(f"daamflow: {warning}")
 
 
 # Fails before any job runs, naming every bad key; the same schema as config/schema.yaml, defaults filled in.

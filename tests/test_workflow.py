@@ -13,10 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "tests/configs/micro.yaml"
 
 
-def snakemake(*args, timeout=900):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+def snakemake(*args, timeout=900, cwd=ROOT, env=None):
+    """Snakemake as the user runs it, in ``cwd``, with ``env`` added to the environment."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "snakemake", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vqvae": ("daamflow.vqvae", "VQ-VAE plain vs Mixture-of-DAAM: train one run, or combine runs into a table and grid"),
     "params": ("daamflow.paramtable", "print the paper's parameter table (Table 1) computed from the model registry"),
     "config": ("daamflow.configcmd", "validate a config and print the resolved settings of one stage"),
+    "install-profile": ("daamflow.profiles", "link profiles/slurm into ~/.config/snakemake: `--profile slurm` anywhere"),
 }
 
 
