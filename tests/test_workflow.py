@@ -29,6 +29,7 @@ def micro_run(tmp_path_factory):
     return results, yaml.safe_load(MICRO.read_text())
 
 
+@pytest.mark.slow
 def test_tables_match_the_run_contracts(micro_run):
     results, config = micro_run
     for dataset, ds in config["datasets"].items():
@@ -54,6 +55,7 @@ def test_tables_match_the_run_contracts(micro_run):
     assert set(metrics) == set(config["datasets"])
 
 
+@pytest.mark.slow
 def test_feature_stores_and_density_maps(micro_run):
     from daamflow.features import load_store
 
@@ -67,6 +69,7 @@ def test_feature_stores_and_density_maps(micro_run):
         assert np.load(density).shape == (store.num_layers, store.feature_dim)
 
 
+@pytest.mark.slow
 def test_rerun_is_a_no_op(micro_run):
     results, _ = micro_run
     proc = snakemake("-n", "--configfile", str(MICRO), "--config", f"results_dir={results}")
