@@ -64,3 +64,24 @@ def test_cli_formats(fmt, marker, capsys):
     assert marker in out and ("1,223,192" in out or "1223192" in out)
     with pytest.raises(SystemExit):
         parser.parse_args(["--format", "html"])
+
+
+def test_shared_range_is_compared_as_a_range(table):
+    """Table 1's "0.22-0.45" is one min-max range over DAAMv1 and DAAMv2 (with the 2 convs) and both shapes: its ends
+    are 223,768 (DAAMv2, d=1024) and 451,112 (DAAMv1, d=5120). No row of it is a mismatch."""
+    shared = table[table.counted == "DAAM + 2 convs"]
+    assert len(shared) == 4 and (shared.published == "0.22-0.45").all()
+    assert shared.matches.all()  # before: "NO" for DAAMv1 at d=1024 (0.24) and DAAMv2 at d=5120 (0.38)
+    assert (shared.published_low_M == 0.22).all() and (shared.published_high_M == 0.45).all()
+    # inside the range but 451,112 (0.451M), which the printed 0.45 rounds
+    assert list(shared.difference_M) == pytest.approx([0, 0.451112 - 0.45, 0, 0])
+    shown = paramtable.render(table)
+    assert "0.22-0.45" in shown and "| NO " not in shown.split("GQDAAM")[0]
+
+
+def test_a_range_whose_ends_differ_is_a_mismatch():
+    rows = paramtable.compare_range([223_768, 451_112, 379_432], "0.22-0.40")
+    assert [r["matches"] for r in rows] == [False] * 3  # the maximum 0.45 is not the printed 0.40
+    assert rows[1]["difference_M"] == pytest.approx(0.451112 - 0.40) and rows[0]["difference_M"] == 0
+    with pytest.raises(ValueError, match="expected LOW-HIGH"):
+        paramtable.compare_range([1], "0.22")
