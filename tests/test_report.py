@@ -199,6 +199,52 @@ def test_report_cli_summary_embed(tmp_path):
               str(tmp_path / "s.json"), "--embed", "nofile"])
 
 
+def _seeded_runs(root, correct: dict[str, list[int]], n_items: int = 50) -> list[str]:
+    """Run directories as `daamflow train` leaves them for a `seeds` dataset: runs.csv and <run>/predictions.csv
+    (method -> items right per seeded run; the first k items are right)."""
+    paths = []
+    for method, per_run in correct.items():
+        run_dir = root / "paper" / method
+        rows = []
+        for r, k in enumerate(per_run, start=1):
+            (run_dir / f"run{r}").mkdir(parents=True)
+            pred = [0] * k + [1] * (n_items - k)
+            pd.DataFrame({"id": range(n_items), "label": 0, "pred": pred}).to_csv(
+                run_dir / f"run{r}" / "predictions.csv", index=False)
+            rows.append(dict(dataset="toy", encoder="enc", protocol="paper", method=method, fold=f"run{r}", seed=r,
+                             accuracy=k / n_items, params=10))
+        pd.DataFrame(rows).to_csv(run_dir / "runs.csv", index=False)
+        paths.append(str(run_dir / "runs.csv"))
+    return paths
+
+
+def test_report_cli_claims_tests_with_items_margins_and_holm(tmp_path):
+    from daamflow.cli import main
+
+    runs = _seeded_runs(tmp_path, {"daam_v2": [40, 41, 42], "mha": [30, 30, 31], "mha_bn": [35, 36, 36]})
+    assert main(["report", "parameters", "--tables", str(tmp_path / "t")]) == 0
+    args = ["report", "claims", "--runs", *runs, "--paper-datasets", "toy=cifar100", "--parameters",
+            str(tmp_path / "t/parameters.csv"), "--tables", str(tmp_path / "t"), "--alpha", "0.05"]
+    assert main([*args, "--margins", "cifar100=1.5", "--seeded", "toy"]) == 0
+    table = pd.read_csv(tmp_path / "t/claims.csv")
+    row = table[(table["claim"] == "daam_beats_mha_vision")].iloc[0]
+    assert row["n"] == 3 and row["margin"] == 1.5 and row["margin_source"] == "claims.margins.cifar100"
+    assert row["items_n"] == 50 and "test items" in row["test"] and row["verdict"] == "holds"
+    assert row["p_for_holm"] >= row["p_for"] and row["ci_low"] < row["ours_effect"] < row["ci_high"]
+    assert "different baselines" in row["baseline"]
+    md = (tmp_path / "t/claims.md").read_text()
+    assert "Holm" in md and "one-sided paired t" in md and "α=0.05" in md
+    metrics = json.loads((tmp_path / "t/claims.json").read_text())
+    assert metrics["daam_beats_mha_vision"]["toy_paper"]["verdict"] == "holds"
+    paired = pd.read_csv(tmp_path / "t/paired.csv")
+    assert {"p_value", "p_holm"} <= set(paired.columns) and "verdict" not in paired.columns
+    with pytest.raises(ValueError, match="--margins: cifar100='wide' is not a number"):
+        main([*args, "--margins", "cifar100=wide"])
+    (tmp_path / "paper/mha/run2/predictions.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="predictions of toy / paper / mha / run2 missing"):
+        main([*args, "--seeded", "toy"])
+
+
 # ---- published columns of the analysis tables ----------------------------------------------------------------------
 
 def test_learned_ranges_with_published():
