@@ -320,3 +320,73 @@ def test_finetune_rule_in_the_workflow(tmp_path):
     assert table.loc["lora_r4", "run1"] == pytest.approx(100 * first["accuracy"])
     assert table.loc["lora_r4", "params"] == first["params"]
     assert not (tmp_path / "results/features").exists()  # fine-tuning reads the prepared data, not the features
+
+
+def test_logits_at_padding_quirk(encoder_dir, data):
+    """The released AG News LoRA: texts padded to max_length with the pad (eos) token, logits read at the last position."""
+    model, _, settings, _ = _build("llm", encoder_dir, data, quirks={"logits_at_padding": True})
+    assert settings["finetune"]["quirks"]["logits_at_padding"]
+    df, _ = read_prepared(data["text"])
+    base = model["encoder"].get_base_model()
+    at_pad = Inputs(data["text"], df, "text", base, encoder_dir("llama"), 40, at_padding=True)
+    pooled = Inputs(data["text"], df, "text", base, encoder_dir("llama"), 40)
+    rows = np.arange(4)
+    feed, mask = at_pad.feed(rows)
+    assert mask is None and tuple(feed["input_ids"].shape) == (4, 40)
+    assert (at_pad.pipeline.lengths[rows] < 40).all()  # every text is shorter: its last position is padding
+    assert (feed["input_ids"][:, -1] == at_pad.pipeline.pad_id).all() and not feed["attention_mask"][:, -1].any()
+    model.eval()
+    with torch.no_grad():
+        last = model["head"](model["encoder"](**feed).last_hidden_state[:, -1])
+        torch.testing.assert_close(at_pad.logits(model, rows, CPU, torch.float32), last)
+        assert not torch.allclose(pooled.logits(model, rows, CPU, torch.float32), last)  # default: masked mean
+    for dataset in ("aud", "img"):  # only token sequences have a padding position to read
+        other = finetune_settings(_config(quirks={"logits_at_padding": True}), dataset, "lora_r4", "paper")
+        assert not other["finetune"]["quirks"]["logits_at_padding"]
+
+
+def test_model_across_folds_quirk(encoder_dir, data, tmp_path):
+    """The released IEMOCAP LoRA script built its model once: fold 2 starts from fold 1's final weights."""
+    from daamflow.finetune import finetune_all
+    from daamflow.manifest import sha256_file
+
+    def settings_for(quirk: bool, lr: float) -> dict:
+        s = finetune_settings(_config(quirks={"model_across_folds": quirk}), "llm", "lora_r4", "paper")
+        return {**s, "hyper": {**s["hyper"], "epochs": 2, "lr": lr}}
+
+    def run(name: str, quirk: bool, lr: float = 1e-2, **kw):
+        finetune_all(data["text"], encoder_dir("llama"), settings_for(quirk, lr), tmp_path / name, "cpu", **kw)
+        return tmp_path / name
+
+    # lr 0: no weight moves, so each fold's selected weights are the weights it started from
+    carried, fresh = run("still_on", True, lr=0.0), run("still_off", False, lr=0.0)
+    load = torch.load
+    start = load(carried / "fold1/model.pt")
+    assert all(torch.equal(start[k], v) for k, v in load(carried / "fold2/model.pt").items())
+    assert any(not torch.equal(start[k], v) for k, v in load(fresh / "fold2/model.pt").items())
+    assert not (fresh / "fold1/final.pt").exists()
+    # training: fold 2 records where it started, and its run differs from the fresh start
+    on, off = run("on", True), run("off", False)
+    first, second = (json.loads((on / f"fold{k}/metrics.json").read_text()) for k in (1, 2))
+    assert first["carried_from"] is None
+    assert second["carried_from"] == {"fold": "fold1", "sha256": sha256_file(on / "fold1/final.pt")}
+    assert json.loads((off / "fold2/metrics.json").read_text())["carried_from"] is None
+    trained_on, trained_off = load(on / "fold2/model.pt"), load(off / "fold2/model.pt")
+    assert any(not torch.equal(trained_on[k], v) for k, v in trained_off.items())
+    with pytest.raises(RuntimeError, match="final weights of fold1"):  # folds run in order
+        run("alone", True, only=["fold2"])
+    seeded = finetune_settings(_config(quirks={"model_across_folds": True}), "img", "lora_r4", "paper")
+    assert not seeded["finetune"]["quirks"]["model_across_folds"]  # seeded runs of one split: no fold loop
+
+
+def test_clean_refit_of_a_lora_run(encoder_dir, data, tmp_path):
+    base = finetune_settings(_config(), "llm", "lora_r4", "clean")
+    settings = {**base, "hyper": {**base["hyper"], "epochs": 2, "refit": True}}
+    split = splits_of(data["text"], settings)[0]
+    args = (data["text"], encoder_dir("llama"), split)
+    plain = run_split(*args, base | {"hyper": {**base["hyper"], "epochs": 2}}, tmp_path / "plain", "cpu", progress=False)
+    metrics = run_split(*args, settings, tmp_path / "refit", "cpu", progress=False)
+    rows = len(split.train) + len(split.select)
+    assert plain["refit"] is False and metrics["refit"] is True
+    assert metrics["refit_epochs"] == metrics["best_epoch"] == plain["best_epoch"]
+    assert metrics["split"]["n_train"] == rows and metrics["refit_rows_seen"] == metrics["refit_epochs"] * rows

@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 METHOD_PATTERN = r"(lora|loraplus)_r[1-9][0-9]*(@released)?"  # the Snakemake wildcard constraint of rule finetune
 RELEASED = "released"
-QUIRKS = ("alpha_scaling", "released_targets", "released_init", "frozen_head", "loraplus_head_outside_optimiser")
+QUIRKS = ("alpha_scaling", "released_targets", "released_init", "frozen_head", "loraplus_head_outside_optimiser",
+          "model_across_folds", "logits_at_padding")
+FINAL = "final.pt"  # a fold's adapter and head weights after its last epoch (quirks.model_across_folds)
 # Adapted modules per encoder model_type. The paper fine-tunes "the query and key projections". WavLM's attention
 # passes its q/k/v/out projection weights straight to F.multi_head_attention_forward, so adapters there would never
 # receive a gradient: its feed-forward layers are adapted instead. BEiT's projections are query/key/value in
@@ -94,6 +96,10 @@ def finetune_settings(config: dict, dataset: str, method: str, protocol: str) ->
     quirks = dict.fromkeys(QUIRKS, True) if released else {q: bool(ft["quirks"][q]) for q in QUIRKS}
     if not plus:  # no LoRA+ optimiser, nothing to leave out of it: keep the hash of equivalent runs equal
         quirks["loraplus_head_outside_optimiser"] = False
+    if ds["evaluation"]["scheme"] != "kfold":  # the released fold loop; seeded runs of one split have no such loop
+        quirks["model_across_folds"] = False
+    if modality != "text":  # a padding position to read exists only in the padded token sequences
+        quirks["logits_at_padding"] = False
     if quirks["released_targets"]:
         targets = {**RELEASED_TARGETS, **ft["released_targets"]}
     else:
@@ -248,24 +254,44 @@ def load_adapter_state(model: torch.nn.ModuleDict, state: dict) -> None:
 
 
 class Inputs:
-    """Batches of prepared samples for the model: embed's input pipelines and its pooling rule."""
+    """Batches of prepared samples for the model: embed's input pipelines and its pooling rule.
+
+    ``at_padding`` (quirks.logits_at_padding, text only): the released AG News LoRA script padded every text to
+    max_length with the eos token (padding="max_length", pad = eos) and its LlamaForSequenceClassification, whose
+    config has no pad_token_id, read the logits at the last position: a padding position for every text shorter than
+    max_length. So the batch is right-padded to max_length (attention mask 0 there) and the head reads that position.
+    """
 
     def __init__(self, data_dir: Path, df: pd.DataFrame, modality: str, base: torch.nn.Module, encoder_dir: Path,
-                 max_length: int | None):
+                 max_length: int | None, at_padding: bool = False):
         from .batching import make_inputs
         from .encoders import load_processor
 
         self.base = base  # maps an audio sample mask to the encoder's frame mask
         self.pipeline = make_inputs(modality, df, data_dir, load_processor(encoder_dir, modality), base.config,
                                     max_length if modality == "text" else None)
+        self.at_padding = at_padding
+
+    def feed(self, rows: np.ndarray) -> tuple[dict, torch.Tensor | None]:
+        """The model inputs of ``rows`` and the pooling mask (None: the head reads the last position)."""
+        import torch.nn.functional as F
+
+        _, feed, mask = self.pipeline.collate(rows)
+        if not self.at_padding:
+            return feed, mask
+        extra = self.pipeline.max_length - feed["input_ids"].shape[1]
+        return {"input_ids": F.pad(feed["input_ids"], (0, extra), value=self.pipeline.pad_id),
+                "attention_mask": F.pad(feed["attention_mask"], (0, extra), value=0)}, None
 
     def logits(self, model: torch.nn.ModuleDict, rows: np.ndarray, dev: torch.device,
                dtype: torch.dtype) -> torch.Tensor:
-        """Encoder → masked mean of the last hidden state (embed's rule) → head."""
+        """Encoder → masked mean of the last hidden state (embed's rule) → head; the last position with at_padding."""
         from .embed import masked_mean
 
-        _, feed, mask = self.pipeline.collate(rows)
+        feed, mask = self.feed(rows)
         hidden = model["encoder"](**self.pipeline.to_device(feed, dev, dtype)).last_hidden_state
+        if self.at_padding:
+            return model["head"](hidden[:, -1])
         if mask is not None:
             mask = mask.to(dev)
             if self.pipeline.mask_in_samples:  # audio: the frames whose receptive field lies inside the clip
@@ -306,16 +332,21 @@ def run_split(
     device: str = "auto",
     stop_after_epoch: int | None = None,
     progress: bool = True,
+    carry_from: Path | None = None,
 ) -> dict:
-    """Fine-tune, select and test one fold/seed (a ``folds.Split``); resumable from ``out_dir/checkpoint.pt``."""
+    """Fine-tune, select and test one fold/seed (a ``folds.Split``); resumable from ``out_dir/checkpoint.pt``.
+
+    ``carry_from`` (quirks.model_across_folds): the previous fold's folder; this fold starts from its final adapter
+    and head weights (``final.pt``) instead of a fresh initialisation, with a fresh optimiser.
+    """
     import torch
 
     from .embed import resolve_device as embed_device
     from .encoders import read_encoder_info
-    from .atomic import write_json
+    from .atomic import save_torch, write_json
     from .batching import grouped_batches
-    from .fit import conclude, fit, resolve_device, use_amp
-    from .manifest import read_prepared
+    from .fit import conclude, fit, refit, refits, resolve_device, use_amp
+    from .manifest import read_prepared, sha256_file
 
     data_dir, encoder_dir, out_dir = Path(data_dir), Path(encoder_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -328,7 +359,13 @@ def run_split(
 
     torch.manual_seed(split.seed)
     model, base, targets = build_model(encoder_dir, settings, num_classes, dev, dtype)
-    inputs = Inputs(data_dir, df, ft["modality"], base, encoder_dir, ft["max_length"])
+    carried = None
+    if carry_from is not None:
+        load_adapter_state(model, torch.load(carry_from / FINAL, map_location=dev, weights_only=True))
+        carried = {"fold": carry_from.name, "sha256": sha256_file(carry_from / FINAL)}
+    inputs = Inputs(data_dir, df, ft["modality"], base, encoder_dir, ft["max_length"],
+                    at_padding=ft["quirks"]["logits_at_padding"])
+    initial = adapter_state(model) if refits(settings) else None
     optimiser = make_optimiser(model, settings)
     digests = fold_inputs(data_dir, encoder_dir)
 
@@ -350,8 +387,18 @@ def run_split(
         log.warning("%s: %d adapter tensors got no gradient in the first epoch (e.g. %s): their module's weight is "
                     "read without calling it (WavLM's fused attention reads q/k/v weights directly)",
                     split.name, len(fitted.probe), fitted.probe[0])
-    metrics = conclude(fitted, model, split, labels, df["id"].to_numpy(), num_classes, settings, out_dir, dev,
+    if ft["quirks"]["model_across_folds"]:  # the weights the next fold starts from: after the last epoch
+        save_torch(out_dir / FINAL, adapter_state(model))
+    tested, refitted = split, {"refit": False}
+    if initial is not None:
+        fitted, tested, refitted = refit(
+            fitted, model, lambda: make_optimiser(model, settings), initial, split, labels, settings, out_dir, dev,
+            logits=lambda rows: inputs.logits(model, rows, dev, dtype), predict=predict,
+            weights=lambda: adapter_state(model), load_weights=load_weights, inputs=digests,
+            batches=grouped if ft["group_by_length"] else None, stop_after_epoch=stop_after_epoch, progress=progress)
+    metrics = conclude(fitted, model, tested, labels, df["id"].to_numpy(), num_classes, settings, out_dir, dev,
                        predict=predict, load_weights=load_weights, inputs=digests)
+    metrics.update(refitted)
     info = read_encoder_info(encoder_dir)
     metrics.update({
         **parameter_counts(model, optimiser),
@@ -361,6 +408,7 @@ def run_split(
         "encoder_model_type": base.config.model_type,
         "encoder_weights_sha256": info["weights"],
         "data_sha256": digests[DATA_MANIFEST],
+        "carried_from": carried,
         "versions": {**metrics["versions"], **_library_versions()},
     })
     write_json(out_dir / "metrics.json", metrics)  # last: its presence marks the fold finished
@@ -411,14 +459,35 @@ def run_fold(data_dir: Path | str, encoder_dir: Path | str, settings: dict, out_
     torch.set_num_threads(threads)
     found = fold_identity(settings, fold_inputs(Path(data_dir), Path(encoder_dir)))
     check_identity(fold, identity, found, f"prepared data {data_dir} or encoder {encoder_dir}")
-    split = {s.name: s for s in splits_of(data_dir, settings)}[fold]
+    splits = splits_of(data_dir, settings)
+    split = {s.name: s for s in splits}[fold]
     fold_dir = Path(out_dir) / fold
     with fold_lock(fold_dir):
         metrics = finished(fold_dir, identity)
         if metrics is not None:
             log.info("%s: finished earlier with the same settings, data and encoder; reused", fold)
             return metrics
-        return run_split(data_dir, encoder_dir, split, settings, fold_dir, device, progress=False)
+        carry_from = _previous_fold(splits, fold, settings, Path(out_dir), identity)
+        return run_split(data_dir, encoder_dir, split, settings, fold_dir, device, progress=False,
+                         carry_from=carry_from)
+
+
+def _previous_fold(splits: list[Split], fold: str, settings: dict, out_dir: Path, identity: str) -> Path | None:
+    """quirks.model_across_folds: the folder of the fold before ``fold``, whose final weights it starts from (the
+    released IEMOCAP LoRA script built the model once, before its fold loop); None for the first fold or without it."""
+    from .fit import finished
+
+    names = [s.name for s in splits]
+    k = names.index(fold)
+    if not settings["finetune"]["quirks"]["model_across_folds"] or k == 0:
+        return None
+    previous = out_dir / names[k - 1]
+    if finished(previous, identity) is None or not (previous / FINAL).is_file():
+        raise RuntimeError(
+            f"{fold}: finetune.quirks.model_across_folds starts it from the final weights of {names[k - 1]}, which "
+            f"has not finished with these settings ({previous / FINAL} missing); run the folds in order, without "
+            f"--folds skipping {names[k - 1]}")
+    return previous
 
 
 def finetune_all(
@@ -447,6 +516,10 @@ def finetune_all(
                          f"{settings['finetune']['modality']}, but dataset {meta['source']} ({data_dir}) "
                          f"is {meta['modality']}")
     splits = splits_of(data_dir, settings)
+    if settings["finetune"]["quirks"]["model_across_folds"] and launcher and launcher.get("kind", "inline") != "inline":
+        log.warning("finetune.quirks.model_across_folds: fold k starts from fold k-1's final weights, so the folds "
+                    "run one after another in this process instead of as a %s job array", launcher.get("kind"))
+        launcher = None
     # no feature store: features_sha256 stays empty in runs.csv
     return run_folds(run_fold, splits, settings, out_dir, only, threads, launcher, fold_inputs(data_dir, encoder_dir),
                      data_dir=data_dir, encoder_dir=encoder_dir, device=device)
