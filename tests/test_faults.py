@@ -290,3 +290,74 @@ def test_hub_encoder_pointing_to_a_missing_folder_names_the_folder_and_key(tmp_p
     with pytest.raises(FileNotFoundError, match=f"local encoder folder not found: {source} \\(encoders.mini.id\\)"):
         materialise({"kind": "hub", "id": source}, tmp_path / "encoders/mini")
     assert not (tmp_path / "encoders/mini").exists()
+
+
+# ------------------------------------------------------------------------------------------- downloads and revisions
+def _hub_cache(cache: Path, source: Path, repo: str, commits: dict[str, bytes | None], main: str) -> None:
+    """A Hugging Face cache holding ``repo`` at each commit (the files of ``source``; ``bytes`` replaces the weights),
+    with ``refs/main`` at ``main``: what an offline snapshot_download reads."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    for commit, weights in commits.items():
+        snapshot = folder / "snapshots" / commit
+        snapshot.mkdir(parents=True, exist_ok=True)
+        for path in source.iterdir():
+            if path.name != "encoder.json":
+                (snapshot / path.name).write_bytes(path.read_bytes())
+        if weights is not None:
+            (snapshot / "model.safetensors").write_bytes(weights)
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs/main").write_text(main)
+
+
+def test_hub_encoder_is_locked_on_first_download_and_verified_after(tmp_path, encoder_dir, monkeypatch, caplog):
+    import yaml
+    from huggingface_hub import constants
+
+    from daamflow.encoders import materialise, read_encoder_info
+
+    cache, lock = tmp_path / "hub", tmp_path / "config/encoders.lock.yaml"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("DAAMFLOW_ENCODER_LOCK", str(lock))
+    first, second = "a" * 40, "b" * 40
+    tiny = encoder_dir("llama")
+    _hub_cache(cache, tiny, "org/tiny", {first: None}, main=first)
+    spec = {"kind": "hub", "id": "org/tiny", "revision": "main"}
+
+    materialise(spec, tmp_path / "encoders/llm")
+    entry = yaml.safe_load(lock.read_text())["llm"]
+    assert entry["commit"] == first and entry["weights"] == read_encoder_info(tiny)["weights"]
+
+    # upstream moves main to new weights: the lock keeps the first commit
+    _hub_cache(cache, tiny, "org/tiny", {second: b"other weights"}, main=second)
+    materialise(spec, tmp_path / "encoders/again/llm")
+    assert read_encoder_info(tmp_path / "encoders/again/llm")["commit_hash"] == first
+
+    # the locked commit's files changed (a tampered cache or a rewritten local folder): refused, nothing built
+    _hub_cache(cache, tiny, "org/tiny", {first: b"tampered"}, main=second)
+    with pytest.raises(ValueError, match=f"encoder llm \\(org/tiny\\) does not match {lock}: weights .*delete the "
+                                         f"entry 'llm'"):
+        materialise(spec, tmp_path / "encoders/third/llm")
+    assert not (tmp_path / "encoders/third/llm").exists()
+
+    # deleting the entry re-locks what the revision resolves to now
+    lock.write_text(yaml.safe_dump({}))
+    materialise(spec, tmp_path / "encoders/fourth/llm")
+    assert yaml.safe_load(lock.read_text())["llm"]["commit"] == second
+
+
+def test_agnews_official_files_are_checksummed(tmp_path, monkeypatch):
+    from daamflow.datasets import agnews
+
+    assert agnews.OFFICIAL_MD5 == {  # torchtext's AG_NEWS checksums of the same two files
+        f"{agnews.BASE_URL}/train.csv": "b1a00f826fdfbd249f79597b59e1dc12",
+        f"{agnews.BASE_URL}/test.csv": "d52ea96a97a2d943681189a97654912d",
+    }
+    assert {agnews.OPTIONS["train_url"], agnews.OPTIONS["test_url"]} == set(agnews.OFFICIAL_MD5)
+    csv = tmp_path / "train.csv"
+    csv.write_text('"1","t","d"\n')
+    url = csv.as_uri()
+    monkeypatch.setitem(agnews.OFFICIAL_MD5, url, "0" * 32)  # this file's URL as if it were the official one
+    with pytest.raises(ValueError, match=f"download of {url} is corrupt or not the expected file: md5 of .* expected "
+                                         f"{'0' * 32}"):
+        agnews.download(tmp_path / "root", url, url)
+    assert not (tmp_path / "root/train.csv").exists()

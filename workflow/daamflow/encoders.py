@@ -9,12 +9,20 @@ Three kinds of spec, all ending in the same kind of folder, so the embed step al
 - ``{"kind": "hub", "id": "microsoft/wavlm-large", "revision": "main"}``: the repository's files, fetched into the
   Hugging Face cache and linked into the folder (needs internet or a populated cache; a local folder works as ``id``
   too). ``encoder.json`` records the requested revision and the commit it resolved to.
+
+Hub encoders can be locked like pip's hash-checking mode: with a lock file (``lock``, or the environment variable
+``DAAMFLOW_ENCODER_LOCK``; meant to be ``config/encoders.lock.yaml``, committed with the config) the first
+download records its commit and weight sha256s there; every later download fetches that commit and must match the
+recorded files, or fails saying what changed and how to re-lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import fnmatch
 import importlib.metadata
+import logging
 import importlib.resources
 import json
 import os
@@ -23,7 +31,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from daamflow.atomic import write_text
 from daamflow.manifest import atomic_dir, sha256_file, write_json
+
+log = logging.getLogger(__name__)
 
 ENCODER_JSON = "encoder.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -58,8 +71,11 @@ TINY_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def materialise(spec: dict, out_dir: Path | str) -> Path:
+def materialise(spec: dict, out_dir: Path | str, lock: Path | str | None = None) -> Path:
     """Build the encoder described by ``spec`` into ``out_dir`` (atomically) and return ``out_dir``.
+
+    ``lock`` (default: ``$DAAMFLOW_ENCODER_LOCK``, else none): the lock file a hub encoder is recorded in and checked
+    against, under the name ``out_dir.name`` (the encoder's key in the config).
 
     The folder holds the model, its processor (tokenizer / image processor / feature extractor) and
     ``encoder.json``: the spec, model class, layer count, width, modality, revision and weight-file sha256s.
@@ -75,11 +91,76 @@ def materialise(spec: dict, out_dir: Path | str) -> Path:
             f"accepted: {sorted(required | optional)}"
         )
     out_dir = Path(out_dir)
-    if kind == "hub" and is_local_path(spec["id"]) and not Path(spec["id"]).expanduser().is_dir():
+    if kind != "hub":
+        return _build(spec, out_dir, {"package": _from_package, "tiny": _tiny}[kind])
+    if is_local_path(spec["id"]) and not Path(spec["id"]).expanduser().is_dir():
         # the hub client would report a path as a malformed repo id and suggest a network problem
         raise FileNotFoundError(f"local encoder folder not found: {spec['id']} (encoders.{out_dir.name}.id)")
+    lock = lock or os.environ.get("DAAMFLOW_ENCODER_LOCK")
+    if not lock:
+        return _build(spec, out_dir, _from_hub)
+    lock, name = Path(lock), out_dir.name
+    with _locked(lock) as entries:
+        entry = entries.get(name)
+    if entry and (entry.get("id"), entry.get("revision")) != (spec["id"], spec.get("revision")):
+        log.warning("encoders.%s: the spec changed since %s locked it (%s@%s); locking the new one", name, lock,
+                    entry.get("id"), entry.get("revision"))
+        entry = None
+    pin = entry.get("commit") if entry else None
+    _build(spec, out_dir, lambda spec, work: _from_hub(spec, work, pin),
+           lambda info, weights: _check_lock(name, lock, entry, info, weights))
+    if entry is None:
+        info = read_encoder_info(out_dir)
+        with _locked(lock) as entries:
+            entries[name] = {"id": spec["id"], "revision": spec.get("revision"), "commit": info["commit_hash"],
+                             "weights": info["weights"]}
+        log.info("encoders.%s: locked %s at commit %s in %s; commit that file with the config", name, spec["id"],
+                 info["commit_hash"], lock)
+    return out_dir
+
+
+@contextlib.contextmanager
+def _locked(lock: Path):
+    """The lock file's entries, read and (when changed) rewritten under an exclusive flock on its folder, so that
+    encoder jobs running side by side never lose each other's entries (held for the read or the update only, never
+    during a download)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        entries = (yaml.safe_load(lock.read_text()) or {}) if lock.exists() else {}
+        if not isinstance(entries, dict):
+            raise ValueError(f"{lock}: expected a mapping of encoder name -> locked download, found {entries!r}")
+        before = json.dumps(entries, sort_keys=True)
+        yield entries
+        if json.dumps(entries, sort_keys=True) != before:
+            write_text(lock, "# encoder downloads as first fetched: commit this file with the config\n"
+                             + yaml.safe_dump(entries, sort_keys=True))
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _check_lock(name: str, lock: Path, entry: dict | None, info: dict, weights: dict) -> None:
+    """Fail when a download differs from its lock entry (another commit, other weight files)."""
+    if entry is None:
+        return
+    found = {"commit": info["commit_hash"], "weights": weights}
+    changed = [f"{key} {found[key]} (locked: {entry.get(key)})" for key in found if found[key] != entry.get(key)]
+    if changed:
+        raise ValueError(
+            f"encoder {name} ({entry['id']}) does not match {lock}: " + "; ".join(changed) + ". The files changed "
+            f"since they were locked. To accept them, delete the entry '{name}' from {lock} and rerun; to keep the "
+            f"locked ones, restore them (a hub cache or local folder with the locked files).")
+
+
+def _build(spec: dict, out_dir: Path, make, check=None) -> Path:
+    """``make(spec, work)`` fills a temp folder; weights are hashed, ``check(info, weights)`` may refuse them, and
+    ``encoder.json`` is written before the folder replaces ``out_dir``."""
     with atomic_dir(out_dir) as work:
-        info = {"package": _from_package, "tiny": _tiny, "hub": _from_hub}[kind](spec, work)
+        info = make(spec, work)
+        weights = {p.name: sha256_file(p) for p in sorted(work.iterdir()) if p.suffix in WEIGHT_SUFFIXES}
+        if check is not None:
+            check(info, weights)
         model_cfg = json.loads((work / "config.json").read_text())
         write_json(work / ENCODER_JSON, {
             "spec": spec,
@@ -89,7 +170,7 @@ def materialise(spec: dict, out_dir: Path | str) -> Path:
             "num_hidden_layers": model_cfg.get("num_hidden_layers"),
             "hidden_size": model_cfg.get("hidden_size"),
             **info,
-            "weights": {p.name: sha256_file(p) for p in sorted(work.iterdir()) if p.suffix in WEIGHT_SUFFIXES},
+            "weights": weights,
         })
     return out_dir
 
@@ -153,8 +234,10 @@ def _from_package(spec: dict, work: Path) -> dict:
     return {"modality": _modality_of(work, None), "revision": version, "commit_hash": None}
 
 
-def _from_hub(spec: dict, work: Path) -> dict:
+def _from_hub(spec: dict, work: Path, pin: str | None = None) -> dict:
     """The repository's own files (config, processor/tokenizer, weights), linked or copied into ``work``.
+
+    ``pin``: the commit to fetch instead of ``spec["revision"]`` (the lock file's).
 
     The files are fetched into the Hugging Face cache (``snapshot_download``, only what loading needs) and
     hard-linked from there when the cache is on the same file system: nothing is loaded into memory here, so
@@ -163,18 +246,19 @@ def _from_hub(spec: dict, work: Path) -> dict:
     from huggingface_hub import snapshot_download
 
     source, revision = spec["id"], spec.get("revision")
+    fetched = pin or revision
     if Path(source).expanduser().is_dir():
         folder, commit = Path(source).expanduser(), None
     else:
         try:
-            folder = Path(snapshot_download(source, revision=revision, allow_patterns=_HUB_FILES + ["*.safetensors"],
+            folder = Path(snapshot_download(source, revision=fetched, allow_patterns=_HUB_FILES + ["*.safetensors"],
                                             ignore_patterns=["*.bin.index.json"]))
             if not any(folder.glob("*.safetensors")):  # older repositories ship PyTorch pickles only
-                folder = Path(snapshot_download(source, revision=revision,
+                folder = Path(snapshot_download(source, revision=fetched,
                                                 allow_patterns=_HUB_FILES + ["pytorch_model*.bin"]))
         except (OSError, ValueError) as err:
             raise OSError(
-                f"could not fetch encoder {source!r} (revision {revision!r}) from the Hugging Face Hub: {err}\n"
+                f"could not fetch encoder {source!r} (revision {fetched!r}) from the Hugging Face Hub: {err}\n"
                 f"This step needs internet access or a Hugging Face cache (HF_HOME) that already holds the model; "
                 f"on a cluster, run it on a login node. Gated models (meta-llama/*) also need the licence accepted "
                 f"on the hub and a token (`hf auth login`)."

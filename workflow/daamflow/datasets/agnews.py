@@ -18,11 +18,18 @@ MODALITY = "text"
 BASE_URL = "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv"
 CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 SIZES = {"train": 120_000, "test": 7_600}
+# torchtext's AG_NEWS checksums of the official files: a download from these URLs must match
+OFFICIAL_MD5 = {
+    f"{BASE_URL}/train.csv": "b1a00f826fdfbd249f79597b59e1dc12",
+    f"{BASE_URL}/test.csv": "d52ea96a97a2d943681189a97654912d",
+}
 OPTIONS = {
     "root": "resources/agnews",  # where the CSVs are kept (relative to the working directory; git-ignored)
     "train_url": f"{BASE_URL}/train.csv",  # or a mirror, a file:// URL, or a local path
     "test_url": f"{BASE_URL}/test.csv",
-    "sha256": None,  # {train: hex, test: hex} to pin the files; null: accept them and record their digests
+    # {train: hex, test: hex} to pin the files; null: the official URLs are checked against OFFICIAL_MD5, other
+    # sources are accepted and their digests recorded
+    "sha256": None,
     "per_class_train": None,  # null: all 30,000 per class; a number: a seeded class-balanced subset
     "per_class_test": None,  # null: all 1,900 per class
 }
@@ -30,7 +37,8 @@ OPTIONS = {
 
 def download(root: Path | str, train_url: str, test_url: str,
              sha256: dict | None = None) -> dict[str, tuple[Path, dict]]:
-    """{split: (verified local CSV, provenance)}, downloading what is missing into ``root``."""
+    """{split: (verified local CSV, provenance)}, downloading what is missing into ``root``; a file from an official
+    URL must have its ``OFFICIAL_MD5``."""
     sha256 = sha256 or {}
     unknown = sorted(set(sha256) - set(SIZES))
     if unknown:
@@ -38,7 +46,7 @@ def download(root: Path | str, train_url: str, test_url: str,
     out = {}
     for split, url in (("train", train_url), ("test", test_url)):
         path = Path(root) / f"{split}.csv"
-        out[split] = (path, fetch(url, path, sha256=sha256.get(split)))
+        out[split] = (path, fetch(url, path, md5=OFFICIAL_MD5.get(url), sha256=sha256.get(split)))
     return out
 
 
