@@ -64,6 +64,10 @@ def test_lora_pair_appears_when_both_runs_exist_and_bad_tables_fail():
     table = quirks.quirk_table(pd.concat([runs, extra]))
     lora = table[table["quirk"] == "released LoRA (lora_r4@released)"]
     assert len(lora) == 4 and (lora["effect"] < -40).all()  # 2 datasets x 2 protocols
+    same = pd.concat([runs, runs[runs["method"] == "lora_r4"].assign(method="lora_r4@released")])
+    tied = quirks.quirk_table(same).set_index(["dataset", "off", "on"]).loc[
+        ("speech", "paper/lora_r4", "paper/lora_r4@released")]
+    assert tied["effect"] == 0 and np.isnan(tied["p_value"]) and "no spread" in tied["note"]
     with pytest.raises(ValueError, match=r"lack the columns \['fold'\]"):
         quirks.quirk_table(runs.drop(columns="fold"))
 

@@ -38,7 +38,7 @@ QUIRKS: tuple[Quirk, ...] = (
 )
 
 COLUMNS = ("dataset", "quirk", "released", "method", "protocol", "off", "on", "n", "off_mean", "on_mean",
-           "effect", "ci_low", "ci_high", "p_value", "p_holm")
+           "effect", "ci_low", "ci_high", "p_value", "p_holm", "note")
 
 
 def _expand(quirk: Quirk, protocols: list[str], methods: list[str]) -> list[tuple[tuple[str, str], tuple[str, str]]]:
@@ -82,6 +82,7 @@ def quirk_table(runs: pd.DataFrame, quirks: tuple[Quirk, ...] = QUIRKS, metric: 
                     "off": "/".join(off), "on": "/".join(on), "n": len(pairs),
                     "off_mean": pairs["off"].mean(), "on_mean": pairs["on"].mean(), "effect": effect,
                     "ci_low": low, "ci_high": high, "p_value": float(C.two_sided_p(diff)),
+                    "note": C.degenerate_reason(diff),
                 })
         adjusted = C.holm([r["p_value"] for r in family]) if family else []
         for row, p in zip(family, adjusted):
@@ -102,6 +103,7 @@ def display_quirks(table: pd.DataFrame, alpha: float = C.ALPHA) -> pd.DataFrame:
     ]
     shown["p (paired t)"] = [C._p(p) for p in table["p_value"]]
     shown["p (Holm)"] = [C._p(p) for p in table["p_holm"]]
+    shown["note"] = table["note"].fillna("")
     return shown
 
 
