@@ -1,11 +1,13 @@
 """Attention modules of the DAAM paper (arXiv 2401.11143) and its baselines.
 
-* :class:`DAAM` - multi-head Density Adaptive Attention over the layer axis (dossier §1.2-1.5).
-* :class:`MixtureDAAM` - the appendix's "Mixture of Densities" with its Density-Block residual (dossier §1.8).
-* :class:`GroupedQueryAttention` - the fkodom-style GQA the authors copied (dossier §4.3), or textbook GQA.
+Section numbers (§) refer to docs/paper-notes.md.
+
+* :class:`DAAM` - multi-head Density Adaptive Attention over the layer axis (§1.2-1.5).
+* :class:`MixtureDAAM` - the appendix's "Mixture of Densities" with its Density-Block residual (§1.7).
+* :class:`GroupedQueryAttention` - the fkodom-style GQA the authors copied (§1.8, §4.6), or textbook GQA.
 * :class:`GQDAAM` - DAAM -> Linear(d -> 512) -> GQA over the layer tokens.
 * :class:`LayerSelfAttention` - multi-head self-attention over the layer tokens (optionally -> BatchNorm), with a
-  switch reproducing the released code's attention across the mini-batch (dossier §4.1).
+  switch reproducing the released code's attention across the mini-batch (§4.2).
 
 Half-precision inputs are accepted everywhere: statistics are computed in float32 and the result is returned in the
 input dtype.
@@ -151,7 +153,7 @@ class _DAAMFunction(torch.autograd.Function):
 
 
 class DAAM(nn.Module):
-    """Multi-head Density Adaptive Attention over the layer axis of ``x`` (B, N, d) (dossier §1.2-1.5).
+    """Multi-head Density Adaptive Attention over the layer axis of ``x`` (B, N, d) (§1.2-1.5).
 
     Head h takes the contiguous layers [h N/H, (h+1) N/H) and, for each feature j, across its layers:
 
@@ -344,7 +346,7 @@ class MixtureDAAM(nn.Module):
 class GroupedQueryAttention(nn.Module):
     """Grouped-query self-attention over the tokens of ``x`` (B, T, embed_dim), batch first.
 
-    Default (``standard=False``): the fkodom ``MultiheadGQA`` the authors copied (dossier §4.3): q embed->embed,
+    Default (``standard=False``): the fkodom ``MultiheadGQA`` the authors copied (§1.8, §4.6): q embed->embed,
     k/v embed->kv_dim with kv_dim = embed/query_heads*kv_heads, xavier-normal weights and zero biases. The query heads
     of each group (consecutive heads) are *summed* before the dot product, so there are only ``kv_heads`` attention
     maps and the output has kv_dim features; logits are scaled twice by 1/sqrt(head_dim); LayerNorm(kv_dim) (MAGNETO)
@@ -403,7 +405,7 @@ class GroupedQueryAttention(nn.Module):
 
 
 class GQDAAM(nn.Module):
-    """DAAM -> Linear(d -> gqa_dim) -> grouped-query attention over the N layer tokens (dossier §4.3).
+    """DAAM -> Linear(d -> gqa_dim) -> grouped-query attention over the N layer tokens (§1.8, §4.6).
 
     ``daam_heads=None`` drops the DAAM (the GQA-only control). Output: (B, N, gqa_dim).
     """
@@ -439,7 +441,7 @@ class LayerSelfAttention(nn.Module):
 
     ``batch_norm=True`` adds BatchNorm over the N layer channels (BatchNorm1d(N) on (B, N, d)), the working form of
     the released MHA->BN scripts (which call BatchNorm2d on a 3-D tensor). ``across_batch=True`` reproduces the
-    released code's quirk (dossier §4.1): nn.MultiheadAttention without batch_first on (B, N, d) attends across the
+    released code's quirk (§4.2): nn.MultiheadAttention without batch_first on (B, N, d) attends across the
     B samples of the mini-batch, separately for each layer, so a prediction depends on the other samples.
     """
 

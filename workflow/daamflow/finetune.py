@@ -285,7 +285,7 @@ class Inputs:
 
     def logits(self, model: torch.nn.ModuleDict, rows: np.ndarray, dev: torch.device,
                dtype: torch.dtype) -> torch.Tensor:
-        """Encoder → masked mean of the last hidden state (embed's rule) → head; the last position with at_padding."""
+        """Encoder → masked mean of the last hidden state (embed's rule) → head; at_padding: the last position."""
         from .embed import masked_mean
 
         feed, mask = self.feed(rows)

@@ -58,7 +58,8 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
 
 class ConvDecoder(nn.Module):
     """The paper's decoder without its classifier: (B, N, w) -> N channels on a 2-D grid -> Conv3x3 N->C, ReLU ->
-    Conv3x3 C->N, ReLU -> flatten (B, N*w). Conv weights Xavier-uniform, biases PyTorch default (dossier §3)."""
+    Conv3x3 C->N, ReLU -> flatten (B, N*w). Conv weights Xavier-uniform, biases PyTorch default (docs/paper-notes.md
+    §1.9)."""
 
     def __init__(self, num_layers: int, width: int, conv_channels: int = 512) -> None:
         super().__init__()
