@@ -11,7 +11,6 @@ import pickle
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 
 from daamflow.atomic import atomic_write, save_torch
 from daamflow.features import load_store, write_store
-from daamflow.fit import Diverged, Interrupted, finished, fold_identity, fold_lock
+from daamflow.fit import Diverged, Interrupted, fold_identity
 from daamflow.train import run_fold, run_split, splits_of, store_inputs, train_all
 
 C = 2
@@ -235,6 +234,20 @@ def test_torch_save_on_a_full_file_system_says_no_space_and_keeps_the_old_file(t
         save_torch(target, {"w": torch.zeros(1 << 20)})  # 4 MiB on a 1 MiB file system
     assert torch.equal(torch.load(target, weights_only=True)["w"], torch.zeros(10))
     assert os.listdir(tiny_fs) == ["checkpoint.pt"]  # no temp file left to fill the disk
+
+
+def test_a_corrupted_store_is_refused_before_training_whatever_its_size(tmp_path):
+    """Every store is hashed before its folds run (big ones too: sha256 reads faster than disks deliver)."""
+    from daamflow.features import FeatureStoreError
+
+    store_dir = _store(tmp_path / "store", per_class=12)
+    features = store_dir / "features.npy"
+    data = bytearray(features.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit pattern in the last value: same size, same header
+    features.write_bytes(bytes(data))
+    with pytest.raises(FeatureStoreError, match="features.npy sha256 is .* manifest expects"):
+        train_all(store_dir, _settings(), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------------------------------ shared storage, one writer
