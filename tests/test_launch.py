@@ -181,7 +181,7 @@ def fake_slurm(tmp_path, monkeypatch):
     """sbatch/srun/squeue/scontrol/scancel scripts that log their calls under ``tmp_path/fake``.
 
     sbatch saves the batch script and its environment and answers with job id 4242 (or fails when
-    ``fake/no-sbatch`` exists); squeue prints ``fake/squeue.txt`` ("<id>|<state>" lines).
+    ``fake/no-sbatch`` exists); squeue prints ``fake/squeue.txt`` ("<id>|<state>[|<reason>]" lines).
     """
     fake = tmp_path / "fake"
     bin_dir = fake / "bin"
@@ -312,3 +312,81 @@ def test_slurm_profile_sets_a_valid_slurm_launcher():
     config["launcher"] = {**config.get("launcher", {}), **overrides["launcher"]}
     launcher = validate_config(config)["launcher"]
     assert launcher["kind"] == "slurm" and launcher["gpus_per_task"] == 1
+
+
+def test_launcher_defaults_are_the_schemas():
+    import yaml
+
+    from daamflow.config import schema, validate_config
+
+    spec = schema()["properties"]["launcher"]["properties"]
+    assert launch.defaults() == {key: value["default"] for key, value in spec.items()}
+    # the block a validated config carries and the launcher's own defaults agree key for key
+    config = {**yaml.safe_load((ROOT / "tests/configs/micro.yaml").read_text()), "launcher": {"kind": "slurm"}}
+    validated = validate_config(config)["launcher"]
+    assert launch.resolve({"kind": "slurm"}) == validated
+    launch.defaults()["setup"].append("changed")  # callers get a copy
+    assert launch.defaults()["setup"] == []
+
+
+def test_time_out_signal_comes_signal_delay_s_before_the_limit(fake_slurm, tmp_path):
+    launcher = {"kind": "slurm", "timeout_min": 2, "signal_delay_s": 45, "poll_s": 0.01, "log_dir": str(tmp_path)}
+    with pytest.raises(launch.LaunchError):  # the fake job never writes a result
+        launch.run_calls(square, [dict(x=1)], launcher, tmp_path / "run")
+    lines = (fake_slurm / "script0.sh").read_text().splitlines()
+    assert "#SBATCH --signal=USR2@45" in lines and "#SBATCH --time=2" in lines
+    with pytest.raises(ValueError, match=r"launcher.signal_delay_s \(120\) must be less than launcher.timeout_min x 60 "
+                                         r"\(120\)"):
+        launch.resolve({"kind": "slurm", "timeout_min": 2, "signal_delay_s": 120})
+
+
+@pytest.mark.parametrize("reason, never", [
+    ("PartitionConfig", True), ("BadConstraints", True), ("PartitionTimeLimit", True), ("InvalidAccount", True),
+    ("QOSMaxCpuPerJobLimit", True), ("AssocMaxGRESPerJob", True), ("QOSMaxMemoryPerNode", True),
+    ("QOSMinCpuNotSatisfied", True), ("DependencyNeverSatisfied", True),
+    ("Resources", False), ("Priority", False), ("None", False), ("", False), ("Dependency", False),
+    ("QOSMaxJobsPerUserLimit", False), ("AssocGrpCpuLimit", False), ("QOSGrpGRES", False), ("JobHeldUser", False),
+])
+def test_never_reasons_are_the_ones_waiting_cannot_clear(reason, never):
+    assert (launch.never_reason(reason) is not None) == never
+
+
+def test_job_that_can_never_start_is_reported_cancelled_and_failed(fake_slurm, tmp_path, caplog):
+    (fake_slurm / "squeue.txt").write_text("4242|PENDING|PartitionConfig\n")
+    launcher = {"kind": "slurm", "cpus_per_task": 64, "mem_gb": 1, "partition": "debug", "poll_s": 0.05,
+                "never_start_grace_s": 1.0, "log_dir": str(tmp_path / "logs")}
+    start = time.monotonic()
+    with caplog.at_level("INFO", logger="daamflow.launch"), pytest.raises(launch.LaunchError) as info:
+        launch.run_calls(square, [dict(x=1)], launcher, tmp_path / "run", names=["fold1"])
+    elapsed = time.monotonic() - start
+    assert 1.0 <= elapsed < 10
+    message = str(info.value)
+    for part in ("fold1 (job 4242) can never start", "PENDING (PartitionConfig)", "never_start_grace_s = 1 s",
+                 "cpus_per_task=64, mem=1024M, time=60min, partition=debug"):
+        assert part in message, message
+    assert (fake_slurm / "scancel.log").read_text().split() == ["4242"]
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "can never start" in errors[0] and "cpus_per_task=64" in errors[0]  # once, at once
+    assert any("waiting: fold1 PENDING (PartitionConfig)" in r.getMessage() for r in caplog.records)
+
+
+def test_job_pending_for_resources_is_waited_for(fake_slurm, tmp_path):
+    (fake_slurm / "squeue.txt").write_text("4242|PENDING|Resources\n")
+    folder = tmp_path / "logs"
+    later = threading.Timer(0.5, _finish, (folder, "4242", "done"))  # it starts and finishes after a while
+    later.start()
+    try:
+        out = launch.run_calls(square, [dict(x=1)], {"kind": "slurm", "poll_s": 0.05, "never_start_grace_s": 0,
+                                                     "log_dir": str(folder)}, tmp_path / "run")
+    finally:
+        later.cancel()
+    assert out == ["done"]
+    assert not (fake_slurm / "scancel.log").exists()
+
+
+def test_refused_submission_names_the_request(fake_slurm, tmp_path):
+    (fake_slurm / "no-sbatch").touch()
+    launcher = {"kind": "slurm", "mem_gb": 1000, "poll_s": 0.01, "log_dir": str(tmp_path)}
+    with pytest.raises(launch.LaunchError, match=r"submitting 0 with request cpus_per_task=1, mem=1024000M.* failed:"
+                                                 r"[\s\S]*sbatch must not run"):
+        launch.run_calls(square, [dict(x=1)], launcher, tmp_path / "run")

@@ -7,8 +7,9 @@ results in order. ``launcher`` is the validated ``launcher:`` block of the confi
 - ``local``: submitit's local executor, one subprocess per call, at most ``array_parallelism`` at a time;
 - ``slurm``: submitit's SLURM executor, all calls as one job array (a single call is a plain job).
 
-Jobs are checkpointable: on preemption or time-out (SLURM's signal, USR2) the same call is requeued, at most
-``max_requeues`` times, and ``fn`` resumes from its own checkpoint (train.run_fold: ``checkpoint.pt``).
+Jobs are checkpointable: on preemption, or ``signal_delay_s`` before ``timeout_min`` runs out, SLURM sends USR2 and
+the same call is requeued, at most ``max_requeues`` times; ``fn`` resumes from its own checkpoint (train.run_fold:
+``checkpoint.pt``).
 
 Submission is idempotent: ``<out_dir>/jobs.json`` records each call's job id, submission time, launcher kind and
 digests. A rerun (a restarted Snakemake) re-attaches to recorded jobs that are still pending or running with the same
@@ -16,14 +17,18 @@ call instead of submitting them again, and cancels recorded live jobs whose call
 submitit's result file appears; it has failed when its result holds an error, or when it left the queue (or its
 process ended) without a result. State comes from ``squeue`` and the result files, never from ``sacct``, so clusters
 without accounting work and a job that dies before Python starts is reported instead of waited for forever.
+A job pending for a reason that means it can never start (``NEVER_REASONS``: e.g. more CPUs than any node has) is
+reported with its request and reason at once, and cancelled and failed after ``never_start_grace_s``.
 Any failure raises LaunchError with each failed call's remote traceback and log paths: never a silent success.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import getpass
 import hashlib
+import re
 import json
 import logging
 import os
@@ -36,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import submitit
+from submitit.core import utils as submitit_utils
 from submitit.core.core import Job
 
 log = logging.getLogger(__name__)
@@ -50,11 +56,21 @@ TERMINAL_STATES = frozenset(
     {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
      "REVOKED", "TIMEOUT"}
 )
-DEFAULTS = {
-    "kind": "inline", "partition": None, "account": None, "qos": None, "constraint": None, "gpus_per_task": 0,
-    "gpu_request": "gres", "cpus_per_task": 1, "mem_gb": 4, "timeout_min": 60, "array_parallelism": 32,
-    "max_requeues": 3, "setup": [], "extra": {}, "allow_nested": False, "poll_s": 5, "log_dir": None,
+# Pending reasons after which a job never starts unless an administrator changes the cluster or the request changes
+# (as opposed to e.g. Resources, Priority, Dependency, or the per-user/group limits, which clear as other jobs end).
+NEVER_REASONS = {
+    "PartitionConfig": "the request (CPUs, memory, GPUs or time) is more than the partition's nodes or limits allow",
+    "PartitionNodeLimit": "the request needs more nodes than the partition allows",
+    "PartitionTimeLimit": "timeout_min is longer than the partition's MaxTime",
+    "BadConstraints": "no node of the partition has the requested features (constraint) and resources together",
+    "InvalidAccount": "the account is not valid for this user or partition",
+    "InvalidQOS": "the QOS is not valid for this user, account or partition",
+    "DependencyNeverSatisfied": "a job it depends on failed",
 }
+# QOS/association limits on a single job or node (QOSMaxCpuPerJobLimit, AssocMaxGRESPerJob, QOSMinCpuNotSatisfied,
+# ...): the request itself is over the limit, so waiting does not help; per-user/group limits (QOSMaxJobsPerUserLimit,
+# AssocGrpCpuLimit) do clear.
+NEVER_LIMIT = re.compile(r"^(QOS|Assoc)(Max\w*Per(Job|Node)\w*|Min\w+)$")
 
 
 class LaunchError(RuntimeError):
@@ -98,6 +114,7 @@ class Tracked:
     index: int
     job: Job
     missing_since: float | None = None  # first poll that saw the job neither queued/alive nor with a result
+    never_since: float | None = None  # first poll that saw it pending for a reason that means it never starts
     state: str = "SUBMITTED"
 
 
@@ -107,18 +124,64 @@ class Outcome:
     failures: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Watch:
+    """How long to wait for what: the result grace, and the request and grace of jobs that can never start."""
+
+    result_grace_s: float
+    request: str = ""
+    never_grace_s: float = 60.0
+
+
 def digest(obj: Any) -> str:
     """Short hash of canonical JSON (for a settings dict: the same value as train.settings_hash)."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
+def _schema_defaults() -> dict:
+    from .config import schema
+
+    properties = schema()["properties"]["launcher"]["properties"]
+    return {key: spec["default"] for key, spec in properties.items()}
+
+
+def defaults() -> dict:
+    """The launcher block's defaults, as the config schema states them."""
+    return json.loads(json.dumps(_schema_defaults()))  # a deep copy: callers may change lists in place
+
+
 def resolve(launcher: dict | None) -> dict:
-    """The launcher block with defaults filled in; raises ValueError naming a bad kind."""
-    merged = {**DEFAULTS, **(launcher or {})}
+    """The launcher block with defaults filled in; raises ValueError naming a bad kind or an impossible timing."""
+    merged = {**defaults(), **(launcher or {})}
     if merged["kind"] not in KINDS:
         raise ValueError(f"launcher.kind: {merged['kind']!r} is not one of {', '.join(KINDS)}")
+    if merged["kind"] == "slurm" and merged["signal_delay_s"] >= merged["timeout_min"] * 60:
+        raise ValueError(
+            f"launcher.signal_delay_s ({merged['signal_delay_s']}) must be less than launcher.timeout_min x 60 "
+            f"({merged['timeout_min'] * 60}): the time-out signal would come before the job could do any work"
+        )
     return merged
+
+
+def never_reason(reason: str) -> str | None:
+    """Why a job pending with SLURM's ``reason`` can never start, or None when waiting may help."""
+    if reason in NEVER_REASONS:
+        return NEVER_REASONS[reason]
+    if NEVER_LIMIT.match(reason):
+        return "the request is outside a per-job or per-node limit (maximum or minimum) of the QOS or association"
+    return None
+
+
+def request_summary(launcher: dict) -> str:
+    """The resources one job asks for, as sbatch options (for messages about jobs that cannot start)."""
+    params = slurm_parameters(launcher, "")
+    shown = [f"cpus_per_task={params['cpus_per_task']}", f"mem={params['mem']}", f"time={params['time']}min"]
+    shown += [f"{key}={params[key]}" for key in ("gres", "gpus_per_task", "partition", "account", "qos", "constraint")
+              if key in params]
+    shown += [f"{key}={value}" for key, value in params.get("additional_parameters", {}).items()]
+    return ", ".join(shown)
 
 
 def check_nesting(launcher: dict) -> None:
@@ -141,6 +204,7 @@ def slurm_parameters(launcher: dict, name: str) -> dict:
         "cpus_per_task": int(launcher["cpus_per_task"]),
         "mem": f"{int(round(float(launcher['mem_gb']) * 1024))}M",
         "array_parallelism": int(launcher["array_parallelism"]),
+        "signal_delay_s": int(launcher["signal_delay_s"]),
         "setup": list(launcher["setup"]),
     }
     for key in ("partition", "account", "qos", "constraint"):
@@ -182,20 +246,29 @@ def make_executor(launcher: dict, name: str, folder: Path) -> submitit.Executor:
     return executor
 
 
-def slurm_states() -> dict[str, str] | None:
-    """job id ('123' or '123_4') -> state for this user's jobs known to the controller; None if squeue fails."""
-    cmd = ["squeue", "--noheader", "--array", "--states=all", f"--user={getpass.getuser()}", "--format=%i|%T"]
+def slurm_queue() -> dict[str, tuple[str, str]] | None:
+    """job id ('123' or '123_4') -> (state, pending reason) for this user's jobs known to the controller; None if
+    squeue fails."""
+    cmd = ["squeue", "--noheader", "--array", "--states=all", f"--user={getpass.getuser()}", "--format=%i|%T|%r"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
     except (subprocess.SubprocessError, OSError) as err:
         log.warning("squeue failed (%s); job states unknown this round", err)
         return None
-    states = {}
+    queue = {}
     for line in out.splitlines():
-        job_id, _, state = line.strip().partition("|")
+        job_id, _, rest = line.strip().partition("|")
+        state, _, reason = rest.partition("|")
         if job_id:
-            states[job_id] = state.split()[0] if state else "UNKNOWN"
-    return states
+            # "ReqNodeNotAvail, UnavailableNodes:n1" -> "ReqNodeNotAvail"
+            queue[job_id] = (state.split()[0] if state.strip() else "UNKNOWN", reason.split(",")[0].strip())
+    return queue
+
+
+def slurm_states() -> dict[str, str] | None:
+    """job id -> state (see slurm_queue)."""
+    queue = slurm_queue()
+    return None if queue is None else {job_id: state for job_id, (state, _) in queue.items()}
 
 
 def _local_alive(pid: str, process: subprocess.Popen | None = None) -> bool:
@@ -309,9 +382,29 @@ def _tail(path: Path, lines: int = 30) -> str:
         return f"(no log at {path})"
 
 
-def _poll(tracked: list[Tracked], kind: str, outcome: Outcome, grace_s: float) -> list[Tracked]:
+def _never_started(t: Tracked, reason: str, watch: Watch) -> str | None:
+    """Report a job pending for a reason that means it never starts; the failure message once its grace is over."""
+    why = never_reason(reason)
+    if why is None:
+        t.never_since = None
+        return None
+    message = (f"{t.name} (job {t.job.job_id}) can never start: SLURM keeps it PENDING ({reason}): {why}. "
+               f"Request: {watch.request}. Change the launcher block (or ask the cluster's administrators)")
+    if t.never_since is None:
+        t.never_since = time.monotonic()
+        log.error("%s; it is cancelled and fails in %.0f s (launcher.never_start_grace_s) unless it starts", message,
+                  watch.never_grace_s)
+        return None
+    if time.monotonic() - t.never_since < watch.never_grace_s:
+        return None
+    _cancel("slurm", t.job.job_id)
+    return f"{message}; cancelled after launcher.never_start_grace_s = {watch.never_grace_s:g} s"
+
+
+def _poll(tracked: list[Tracked], kind: str, outcome: Outcome, watch: Watch) -> list[Tracked]:
     """One round: collect finished jobs into ``outcome``; return those still running."""
-    states = slurm_states() if kind == "slurm" else None
+    queue = slurm_queue() if kind == "slurm" else None
+    states = None if queue is None else {job_id: state for job_id, (state, _) in queue.items()}
     still = []
     for t in tracked:
         job = t.job
@@ -325,14 +418,19 @@ def _poll(tracked: list[Tracked], kind: str, outcome: Outcome, grace_s: float) -
             continue
         alive = _alive(kind, job.job_id, states, getattr(job, "_process", None))
         if kind == "slurm":
-            t.state = "unknown" if states is None else states.get(job.job_id, "gone")
+            state, reason = ("unknown", "") if queue is None else queue.get(job.job_id, ("gone", ""))
+            t.state = f"{state} ({reason})" if state == "PENDING" and reason not in ("", "None") else state
+            failure = _never_started(t, reason if state == "PENDING" else "", watch)
+            if failure:
+                outcome.failures.append(failure)
+                continue
         else:
             t.state = "running" if alive else "ended"
         if alive or alive is None:
             t.missing_since = None
         elif t.missing_since is None:
             t.missing_since = time.monotonic()
-        elif time.monotonic() - t.missing_since > grace_s:
+        elif time.monotonic() - t.missing_since > watch.result_grace_s:
             outcome.failures.append(
                 f"{t.name} (job {job.job_id}) ended (state {t.state}) without a result, e.g. killed, out of memory, "
                 f"or a failing setup line.\n  stderr: {job.paths.stderr}\n  stdout: {job.paths.stdout}\n"
@@ -389,20 +487,25 @@ def run_calls(
     wrapped = Resumable(fn, launcher["max_requeues"])
     limit = len(todo) if kind == "slurm" else launcher["array_parallelism"]  # SLURM throttles arrays itself
     outcome = Outcome()
+    watch = Watch(RESULT_GRACE_S, request_summary(launcher) if kind == "slurm" else "", launcher["never_start_grace_s"])
     shown = ""
     while todo or tracked:
         free = limit - len(tracked)
         if todo and free > 0:
             batch, todo = todo[:free], todo[free:]
             # a permitted nested submission must not pass this allocation's SLURM_* variables on
-            with submitit.helpers.clean_env() if launcher["allow_nested"] else contextlib.nullcontext():
-                jobs = _submit(executor, wrapped, kind, [calls[i] for i in batch])
+            try:
+                with submitit.helpers.clean_env() if launcher["allow_nested"] else contextlib.nullcontext():
+                    jobs = _submit(executor, wrapped, kind, [calls[i] for i in batch])
+            except (submitit_utils.FailedJobError, submitit_utils.FailedSubmissionError, OSError) as err:
+                request = f" with request {watch.request}" if kind == "slurm" else ""
+                raise LaunchError(f"submitting {', '.join(names[i] for i in batch)}{request} failed: {err}") from err
             _record(out_dir, record, {names[i]: _entry(kind, calls[i], j, folder) for i, j in zip(batch, jobs)})
             tracked += [Tracked(names[i], i, j) for i, j in zip(batch, jobs)]
             log.info("submitted %s (%s); logs in %s. If this process stops, the jobs go on and a rerun re-attaches "
                      "to them (cancel them with scancel/kill of the ids in %s)", ", ".join(
                          f"{names[i]}={j.job_id}" for i, j in zip(batch, jobs)), kind, folder, out_dir / JOBS_FILE)
-        tracked = _poll(tracked, kind, outcome, RESULT_GRACE_S)
+        tracked = _poll(tracked, kind, outcome, watch)
         status = ", ".join(f"{t.name} {t.state}" for t in tracked)
         if status and status != shown:  # the train log shows how the jobs move through the queue
             log.info("waiting: %s", status)
