@@ -195,6 +195,23 @@ def test_truncated_checkpoint_is_set_aside_and_the_fold_restarts(tmp_path, caplo
     assert metrics == {**_one_fold(store_dir, settings, tmp_path / "clean"), "wall_time_s": metrics["wall_time_s"]}
 
 
+def test_truncated_vqvae_checkpoint_is_set_aside_and_the_run_restarts(tmp_path, caplog):
+    from daamflow import vqvae
+
+    cfg = vqvae.VQVAEConfig(hidden_dims=[8, 8], latent_dim=8, num_embeddings=16, daam_heads=2, daam_gaussians=2,
+                            norm_groups=2, dataset="fashion_mnist", image_size=16, train_images=32, test_images=16,
+                            batch_size=16, epochs=2, lr=3e-3)
+    out = tmp_path / "vq"
+    assert vqvae.train_run(cfg, "plain", 0, out, threads=None, stop_after_epochs=1) is None
+    ckpt = out / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="daamflow.fit"):
+        vqvae.train_run(cfg, "plain", 0, out, threads=None)
+    assert f"{ckpt} is not a loadable checkpoint" in caplog.text
+    assert len(list(out.glob("checkpoint.pt.corrupt-*"))) == 1
+    assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [0, 1, 2]  # trained from scratch
+
+
 def test_garbage_metrics_json_names_the_file(tmp_path):
     store_dir, out = _store(tmp_path / "store", per_class=12), tmp_path / "run"
     train_all(store_dir, _settings(epochs=1), out)

@@ -148,11 +148,12 @@ def fold_lock(fold_dir: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def load_checkpoint(path: Path, identity: str, dev: torch.device, name: str) -> dict | None:
-    """The checkpoint at ``path`` if it was written under ``identity``, else None (the fold starts over).
+def read_checkpoint(path: Path, dev: torch.device | str, name: str) -> dict | None:
+    """The checkpoint dict at ``path``, or None when there is none or it does not load.
 
     Tensors and plain containers only (``weights_only=True``). Checkpoints are written atomically, so one that does
-    not load was damaged or placed from outside: it is set aside as ``checkpoint.pt.corrupt-<time>``, with a warning.
+    not load was damaged or placed from outside: it is set aside as ``checkpoint.pt.corrupt-<time>``, with a warning
+    (``name`` says whose), and the run starts over.
     """
     if not path.exists():
         return None
@@ -165,8 +166,15 @@ def load_checkpoint(path: Path, identity: str, dev: torch.device, name: str) -> 
         path.rename(aside)
         why = ("it holds objects other than tensors and plain containers, refused unread: unpickling them could run "
                "code" if isinstance(err, pickle.UnpicklingError) else str(err).splitlines()[0])
-        log.warning("%s: %s is not a loadable checkpoint (%s); set aside as %s, the fold starts over",
-                    name, path, why, aside)
+        log.warning("%s: %s is not a loadable checkpoint (%s); set aside as %s, starting over", name, path, why, aside)
+        return None
+    return ckpt
+
+
+def load_checkpoint(path: Path, identity: str, dev: torch.device, name: str) -> dict | None:
+    """The fold checkpoint at ``path`` if it loads (``read_checkpoint``) and was written under ``identity``."""
+    ckpt = read_checkpoint(path, dev, name)
+    if ckpt is None:
         return None
     if ckpt.get("identity") != identity:
         log.warning("%s: %s was written with other settings or inputs; starting over", name, path)

@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from daamflow.attention import MixtureDAAM
+from daamflow.fit import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -526,8 +527,8 @@ def train_run(cfg: VQVAEConfig, variant: str, seed: int, out_dir: Path | str, *,
     ckpt_path = out / "checkpoint.pt"
     history: list[dict[str, float]] = []
     start_epoch, wall = 1, 0.0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+    state = read_checkpoint(ckpt_path, device, variant)
+    if state is not None:
         mismatched = [k for k in identity if state["identity"][k] != identity[k]]
         if mismatched:
             raise ValueError(
