@@ -6,6 +6,11 @@ rule importance_map:
     output:
         per_layer=f"{R}/importance/{{dataset}}/{{protocol}}/per_layer.csv",
         layers=f"{R}/importance/{{dataset}}/{{protocol}}/layers.json",
+        other=(
+            [f"{R}/importance/{{dataset}}/{{protocol}}/layers_{targets.other_if_source(config)}.json"]
+            if config["importance"].get("compare_if_sources")
+            else []
+        ),
         heatmap=report(
             f"{R}/figures/{{dataset}}_{{protocol}}_if_heatmap.png",
             caption="../report/if_figures.rst",
@@ -26,6 +31,11 @@ rule importance_map:
         k=lambda w: targets.importance_k(config, w.dataset),
         seed=config["importance"].get("seed", 0),
         source=config["importance"]["if_source"],
+        other=(
+            ["--other-source", targets.other_if_source(config)]
+            if config["importance"].get("compare_if_sources")
+            else []
+        ),
         title=lambda w: f"{w.dataset} ({w.protocol}, {config['importance']['method']})",
     conda:
         "../envs/daamflow.yaml"
@@ -39,7 +49,7 @@ rule importance_map:
         runtime=10,
     shell:
         "daamflow importance map --runs {params.runs:q} --out {params.out:q} --k {params.k} --seed {params.seed}"
-        " --protocol {wildcards.protocol} --if-source {params.source}"
+        " --protocol {wildcards.protocol} --if-source {params.source} {params.other}"
         " --heatmap {output.heatmap:q} --bars {output.bars:q} --title {params.title:q} > {log:q} 2>&1"
 
 
@@ -71,6 +81,38 @@ rule ablate:
     shell:
         "daamflow train --features {params.store:q} --out {params.out:q} --settings {params.settings:q}"
         " --layers-from {input.layers:q} --selection {wildcards.selection}"
+        " --threads {threads} --launcher {params.launcher:q} > {log:q} 2>&1"
+
+
+rule ablate_if_source:
+    """Retrain a method on the high-IF layers of the other IF source (importance.compare_if_sources), labelled
+    <method>@high_if_<source>: the all-epoch IF's effect in the quirk-effect table."""
+    input:
+        unpack(features),
+        layers=f"{R}/importance/{{dataset}}/{{protocol}}/layers_{{source}}.json",
+    output:
+        runs=f"{R}/runs/{{dataset}}/{{encoder}}/{{protocol}}/{{method}}@high_if_{{source}}/runs.csv",
+    params:
+        store=lambda w, input: os.path.dirname(input.features),
+        out=lambda w, output: os.path.dirname(output.runs),
+        settings=lambda w: settings_json(train_settings(config, w.dataset, w.method, w.protocol)),
+        launcher=launcher_json(),
+    wildcard_constraints:
+        source="selected|all_epochs",
+    conda:
+        "../envs/daamflow.yaml"
+    log:
+        f"{R}/logs/ablate/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}@high_if_{{source}}.log",
+    benchmark:
+        f"{R}/benchmarks/ablate/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}@high_if_{{source}}.tsv"
+    threads: config["threads"]
+    resources:
+        gpu=dataset_resource("train", "gpu", 0),
+        mem_mb=dataset_resource("train", "mem_mb", 2000),
+        runtime=dataset_resource("train", "runtime", 60),
+    shell:
+        "daamflow train --features {params.store:q} --out {params.out:q} --settings {params.settings:q}"
+        " --layers-from {input.layers:q} --selection high --label {wildcards.method}@high_if_{wildcards.source}"
         " --threads {threads} --launcher {params.launcher:q} > {log:q} 2>&1"
 
 

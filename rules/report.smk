@@ -200,7 +200,7 @@ rule quirk_table:
     """Each released-code quirk's switch off vs on (daamflow.quirks.QUIRKS), per dataset, paired over folds/seeds;
     a quirk whose two runs are not both in the grid is left out."""
     input:
-        runs=targets.run_tables(config),
+        runs=targets.run_tables(config) + targets.if_source_run_tables(config),
     output:
         tables=[
             report(

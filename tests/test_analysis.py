@@ -166,6 +166,10 @@ def test_if_source_all_epochs_reads_the_all_epoch_maps(tmp_path):
     assert _map(tmp_path, runs, "clean", "sel")["mean"]["high"] == [2]
     assert _map(tmp_path, runs, "clean", "all", source="all_epochs")["mean"]["high"] == [0]
     assert json.loads((tmp_path / "all/layers.json").read_text())["if_source"] == "all_epochs"
+    _map(tmp_path, runs, "clean", "both", other_source="all_epochs")  # the quirk table's second choice
+    both = {name: json.loads((tmp_path / f"both/{name}.json").read_text()) for name in ("layers", "layers_all_epochs")}
+    assert both["layers"]["if_source"] == "selected" and both["layers"]["mean"]["high"] == [2]
+    assert both["layers_all_epochs"]["if_source"] == "all_epochs" and both["layers_all_epochs"]["mean"]["high"] == [0]
     (runs / "fold2/density_all_epochs.npy").unlink()
     with pytest.raises(FileNotFoundError, match="fold2/density_all_epochs.npy is missing"):
         _map(tmp_path, runs, "clean", "all", source="all_epochs")

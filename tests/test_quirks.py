@@ -72,6 +72,18 @@ def test_lora_pair_appears_when_both_runs_exist_and_bad_tables_fail():
         quirks.quirk_table(runs.drop(columns="fold"))
 
 
+def test_all_epoch_if_rows_follow_the_configured_source():
+    runs = _runs(np.random.default_rng(3))
+    high = runs[runs["method"] == "daam_v1"].assign(method="daam_v1@high")
+    name = "IF from all-epoch maps (importance.if_source: all_epochs)"
+    for other, (off, on) in (("daam_v1@high_if_all_epochs", ("daam_v1@high", "daam_v1@high_if_all_epochs")),
+                             ("daam_v1@high_if_selected", ("daam_v1@high_if_selected", "daam_v1@high"))):
+        table = quirks.quirk_table(pd.concat([runs, high, high.assign(method=other, accuracy=high["accuracy"] - 0.1)]))
+        rows = table[table["quirk"] == name]
+        assert len(rows) == 4 and set(rows["off"].str.split("/").str[1]) == {off}
+        assert set(rows["on"].str.split("/").str[1]) == {on}
+
+
 def test_cli_writes_the_three_tables(tmp_path):
     runs = _runs(np.random.default_rng(2))
     paths = []
@@ -97,6 +109,6 @@ def test_default_run_builds_the_quirk_table(tmp_path):
                           "--", f"{tmp_path}/r/tables/quirks.md"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "daamflow report quirks" in out.stdout
-    for method in ("mha@released", "lora_r4@released", "mha"):
+    assert "daamflow report quirks" in out.stdout and "--other-source all_epochs" in out.stdout
+    for method in ("mha@released", "lora_r4@released", "mha", "daam_v1@high", "daam_v1@high_if_all_epochs"):
         assert f"/paper/{method}/runs.csv" in out.stdout and f"/clean/{method}/runs.csv" in out.stdout

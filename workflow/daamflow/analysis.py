@@ -104,9 +104,20 @@ def layer_bar_figure(share: np.ndarray, path: Path, title: str) -> None:
     _save_figure(fig, path)
 
 
+def write_choice(path: Path, run_dir: Path, per_layer: np.ndarray, folds: list[str], protocol: str, k: int, seed: int,
+                 source: str) -> dict:
+    """The per-fold layer choice (``choose_layers``) of one IF source, as layers.json."""
+    chosen = choose_layers(per_layer, folds, protocol, k, seed)
+    write_json(path, {**chosen, "k": k, "seed": seed, "indexing": "0-based", "protocol": protocol,
+                      "if_source": source, "runs": str(run_dir)})
+    return chosen
+
+
 def write_map_outputs(run_dir: Path, out_dir: Path, k: int, seed: int, heatmap: Path, bars: Path, title: str,
-                      protocol: str, source: str = "selected") -> dict:
-    """if_map.npy, per_layer.csv, layers.json (the per-fold choice, see ``choose_layers``) and the two figures."""
+                      protocol: str, source: str = "selected", other_source: str | None = None) -> dict:
+    """if_map.npy, per_layer.csv, layers.json (the per-fold choice, see ``choose_layers``) and the two figures; with
+    ``other_source`` also ``layers_<other_source>.json``, the choice from the other density maps (for the
+    quirk-effect table)."""
     summary = if_summary(run_dir, source)
     out_dir.mkdir(parents=True, exist_ok=True)
     mean_map = summary["if_maps"].mean(axis=0)
@@ -120,9 +131,11 @@ def write_map_outputs(run_dir: Path, out_dir: Path, k: int, seed: int, heatmap: 
     for name, row in zip(summary["folds"], per_layer):
         table[f"if_{name}"] = row
     write_csv(out_dir / "per_layer.csv", table)
-    chosen = choose_layers(per_layer, summary["folds"], protocol, k, seed)
-    write_json(out_dir / "layers.json", {**chosen, "k": k, "seed": seed, "indexing": "0-based", "protocol": protocol,
-                                         "if_source": source, "runs": str(run_dir)})
+    chosen = write_choice(out_dir / "layers.json", run_dir, per_layer, summary["folds"], protocol, k, seed, source)
+    if other_source is not None:
+        other = if_summary(run_dir, other_source)
+        write_choice(out_dir / f"layers_{other_source}.json", run_dir, other["per_layer"], other["folds"], protocol, k,
+                     seed, other_source)
     heatmap_figure(mean_map, heatmap, f"{title}: Importance Factor (mean over {len(summary['folds'])} folds)")
     layer_bar_figure(share, bars, f"{title}: per-layer share of IF")
     return chosen
@@ -312,6 +325,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="clean: each fold's layers from its own run (leak-free); paper: one choice from the mean IF")
     m.add_argument("--if-source", default="selected", choices=sorted(SOURCES),
                    help="the selected model's density map, or the average over every epoch's (released code)")
+    m.add_argument("--other-source", default=None, choices=sorted(SOURCES),
+                   help="also write layers_<SOURCE>.json, the choice from this source's maps (quirk-effect table)")
     m.add_argument("--heatmap", required=True, type=Path)
     m.add_argument("--bars", required=True, type=Path)
     m.add_argument("--title", default="")
@@ -346,7 +361,7 @@ def main(args: argparse.Namespace) -> int:
     stem = getattr(args, "out_table", None)
     if args.part == "map":
         chosen = write_map_outputs(args.runs, args.out, args.k, args.seed, args.heatmap, args.bars, args.title,
-                                   args.protocol, args.if_source)
+                                   args.protocol, args.if_source, args.other_source)
         log.info("layers (0-based), %s: %s", chosen["scope"], chosen["folds"])
     elif args.part == "correlate":
         per_layer = pd.read_csv(args.per_layer)

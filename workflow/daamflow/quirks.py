@@ -32,6 +32,12 @@ QUIRKS: tuple[Quirk, ...] = (
           "the test part chooses the epoch and drives the LR schedule", ("clean", "{method}"), ("paper", "{method}")),
     Quirk("released MHA (mha@released)", "layer 23 only, attention across the mini-batch, 1-channel conv head",
           ("{protocol}", "mha"), ("{protocol}", "mha@released")),
+    # the ablation on the high-IF layers with each IF source; the configured source's run is <method>@high
+    *(Quirk("IF from all-epoch maps (importance.if_source: all_epochs)",
+            "the attention maps accumulate over every epoch: IF of the all-epoch average",
+            ("{protocol}", off), ("{protocol}", on))
+      for off, on in (("{method}@high", "{method}@high_if_all_epochs"),
+                      ("{method}@high_if_selected", "{method}@high"))),
     *(Quirk(f"released LoRA ({m}@released)", "the released LoRA scripts' bugs and hyper-parameters (finetune.quirks)",
             ("{protocol}", m), ("{protocol}", f"{m}@released"))
       for m in ("lora_r4", "lora_r8", "loraplus_r4", "loraplus_r8")),

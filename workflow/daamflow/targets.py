@@ -72,6 +72,24 @@ def ablation_run_tables(config: dict, dataset: str) -> list[str]:
     ]
 
 
+def if_source_run_tables(config: dict) -> list[str]:
+    """runs.csv of the ablation methods on the high-IF layers of the other IF source (``<method>@high_if_<source>``),
+    and of the configured source (``<method>@high``) they are compared with; empty unless
+    ``importance.compare_if_sources``."""
+    imp = config.get("importance", {})
+    if not (imp.get("enabled") and imp.get("compare_if_sources")):
+        return []
+    other = other_if_source(config)
+    return [run_table(config, d, p, f"{m}@{label}") for d in config["datasets"] for p in config["protocols"]
+            for m in imp["ablation_methods"] for label in ("high", f"high_if_{other}")]
+
+
+def other_if_source(config: dict) -> str:
+    from .importance import SOURCES
+
+    return next(s for s in SOURCES if s != config["importance"]["if_source"])
+
+
 def daam_run_dirs(config: dict) -> list[str]:
     """Run directories of the DAAM methods in the grid (for the learned-parameter table)."""
     return [p[: -len("/runs.csv")] for p in run_tables(config) if p.split("/")[-2] in DAAM_METHODS]

@@ -308,6 +308,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="layers.json from `daamflow importance map`: train on the layers of --selection only")
     p.add_argument("--selection", choices=["high", "low", "random"], default=None,
                    help="which layer set of --layers-from (the run is labelled <method>@<selection>)")
+    p.add_argument("--label", default=None,
+                   help="the run's method label in the tables (default <method>@<selection> with --selection)")
     p.add_argument("--launcher", default=None,
                    help="launcher JSON (inline or a file): {kind: inline|local|slurm, ...}; default: in this process")
 
@@ -319,7 +321,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("--layers-from and --selection go together")
     if args.layers_from is not None:  # every fold's own layers, hashed with the settings
         settings = {**settings, "layers": read_fold_layers(args.layers_from, args.selection),
-                    "label": f"{settings['method']}@{args.selection}"}
+                    "label": args.label or f"{settings['method']}@{args.selection}"}
     only = args.folds.split(",") if args.folds else None
     launcher = read_settings(args.launcher) if args.launcher else None
     frame = train_all(args.features, settings, args.out, args.device, only, args.threads, launcher)
