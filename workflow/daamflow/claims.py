@@ -293,28 +293,20 @@ def item_differences(items: pd.DataFrame, a: str, b: str, folds) -> np.ndarray:
     return 100 * (wide[a] - wide[b]).dropna().groupby(level="id").mean().to_numpy()
 
 
-def _why_unsure(ours: dict, alpha: float) -> str:
-    if ours["reason"]:
-        return ours["reason"]
-    return (f"neither test reaches α={alpha:g} after Holm: p for {ours['p_holm']:.2g}, "
-            f"against {ours['p_against_holm']:.2g}")
-
-
 def _decide(rows: list[dict], prefix: str, alpha: float) -> None:
     """Holm over the rows (one claim family) of the p-values under ``prefix``, then each row's verdict and reason."""
     for side in ("p_for", "p_against"):
-        adjusted = holm([r[f"{prefix}{side}"] for r in rows]) if rows else []
-        for r, p in zip(rows, adjusted):
+        for r, p in zip(rows, holm([r[f"{prefix}{side}"] for r in rows]) if rows else []):
             r[f"{prefix}{side}_holm"] = float(p)
     for r in rows:
-        v = verdict(r[f"{prefix}p_for_holm"], r[f"{prefix}p_against_holm"], alpha)
-        r[f"{prefix}verdict"] = v
-        got = {k[len(prefix):]: r[k] for k in r if k.startswith(prefix)}
-        got["p_holm"], got["reason"] = got["p_for_holm"], got.get("reason", "")
-        reason = got["reason"] if v != UNSURE else _why_unsure(got, alpha)
-        if v == HOLDS and r["kind"] == "greater" and got["p_against_holm"] <= alpha:
+        p_for, p_against = r[f"{prefix}p_for_holm"], r[f"{prefix}p_against_holm"]
+        v = verdict(p_for, p_against, alpha)
+        reason = r.get(f"{prefix}reason") or ""
+        if v == UNSURE and not reason:
+            reason = f"neither test reaches α={alpha:g} after Holm: p for {p_for:.2g}, against {p_against:.2g}"
+        elif v == HOLDS and r["kind"] == "greater" and p_against <= alpha:
             reason = f"A is better than B, but by less than the margin {r['margin']:g}"
-        r[f"{prefix}reason"] = reason
+        r[f"{prefix}verdict"], r[f"{prefix}reason"] = v, reason
 
 
 def accuracy_claims(runs: pd.DataFrame, paper_of: dict[str, str], published: dict, alpha: float = ALPHA,
@@ -364,7 +356,7 @@ def accuracy_claims(runs: pd.DataFrame, paper_of: dict[str, str], published: dic
                 wide = _accuracy_by_fold(pr_runs)
                 for b in _baselines(claim, wide):
                     row = {**base, "dataset": dataset, "protocol": protocol, "margin": margin, "margin_source": source,
-                           "alpha": alpha, **_compare(claim, b, dataset, pr_runs, wide, published, margin, alpha,
+                           "alpha": alpha, **_compare(claim, b, dataset, protocol, pr_runs, wide, published, margin, alpha,
                                                       items if dataset in seeded else None, dataset in seeded)}
                     rows.append(row)
                     if row.get("verdict") != SKIPPED:
@@ -374,8 +366,8 @@ def accuracy_claims(runs: pd.DataFrame, paper_of: dict[str, str], published: dic
     return pd.DataFrame(rows)
 
 
-def _compare(claim: Claim, b_role: str, dataset: str, runs: pd.DataFrame, wide: pd.DataFrame, published: dict,
-             margin: float, alpha: float, items: pd.DataFrame | None, seeded: bool) -> dict:
+def _compare(claim: Claim, b_role: str, dataset: str, protocol: str, runs: pd.DataFrame, wide: pd.DataFrame,
+             published: dict, margin: float, alpha: float, items: pd.DataFrame | None, seeded: bool) -> dict:
     pub_summary = published["summary"]["datasets"][claim.paper_dataset]
     (a, note_a), (b, note_b) = _resolve(claim.a, wide, pub_summary), _resolve(b_role, wide, pub_summary)
     notes = [n for n in (note_a, note_b) if n]
@@ -391,7 +383,7 @@ def _compare(claim: Claim, b_role: str, dataset: str, runs: pd.DataFrame, wide: 
         if items is None or dataset not in set(items["dataset"]):
             raise ValueError(f"{dataset}: evaluation scheme `seeds` needs the item-level test, but no predictions of "
                              f"{dataset} were given")
-        on = items[(items["dataset"] == dataset) & (items["protocol"] == runs["protocol"].iloc[0])]
+        on = items[(items["dataset"] == dataset) & (items["protocol"] == protocol)]
         per_item = item_differences(on, a, b, pairs.index)
         got = _test(per_item, claim.kind, margin, alpha)
         item = {"items_n": got["n"], "items_effect": got["effect"], "items_p_for": got["p_for"],
