@@ -272,6 +272,7 @@ rule summary:
             for title, name in [
                 *([("The paper's summary table", "paper_summary")] if PAPER_DATASETS else []),
                 ("The paper's claims", "claims"),
+                ("Effects of the released code's quirks", "quirks"),
             ]
         ],
     conda:
