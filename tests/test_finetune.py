@@ -76,8 +76,9 @@ def data(tmp_path_factory) -> dict[str, Path]:
 def _build(dataset, encoder_dir, data, method="lora_r4", seed=0, **finetune):
     enc, modality = DATASETS[dataset]
     settings = finetune_settings(_config(**finetune), dataset, method, "paper")
+    path = encoder_dir(enc)  # before seeding: building a tiny encoder the first time draws random numbers
     torch.manual_seed(seed)
-    model, base, targets = build_model(encoder_dir(enc), settings, num_classes=2)
+    model, base, targets = build_model(path, settings, num_classes=2)
     df, _ = read_prepared(data[modality])
     inputs = Inputs(data[modality], df, modality, base, encoder_dir(enc), None)
     return model, inputs, settings, targets
