@@ -1,6 +1,6 @@
 """Train one head on cached features: every fold/seed of one (dataset, encoder, protocol, method).
 
-Each fold writes the run contract of DESIGN §3 into ``<out>/<fold>/``: ``metrics.json``, ``history.csv``,
+Each fold writes its run contract into ``<out>/<fold>/``: ``metrics.json``, ``history.csv``,
 ``predictions.csv``, ``checkpoint.pt`` (resume state, written atomically after every epoch), ``model.pt`` (the selected
 weights) and, for DAAM methods, ``density.npy`` (the selected model's gate averaged over the select part),
 ``density_all_epochs.npy`` (the same map of every epoch's model, averaged) and ``gaussians.json``. ``<out>/runs.csv``
