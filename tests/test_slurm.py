@@ -153,6 +153,72 @@ def test_requeued_training_resumes_with_identical_metrics(slurm_cluster, results
                                   pd.read_csv(tmp_path / "inline/fold1/history.csv"))
 
 
+def test_time_limit_requeues_and_resumes_with_identical_metrics(slurm_cluster, results, tmp_path):
+    """A fold that needs more than its time limit: SLURM's USR2 ``signal_delay_s`` before the limit (not a manual
+    scancel) checkpoints and requeues the job, which resumes at its next epoch and ends as an uninterrupted run."""
+    from daamflow.config import load_config, train_settings
+    from daamflow.train import train_all
+
+    config = load_config(MICRO)
+    settings = train_settings(config, "wordnet", "mha", "paper")
+    store = results / "features/wordnet/minilm"
+    # ~75 s of epochs on this machine: more than one time slot (SLURM signals 30-60 s into a 2-minute limit with a
+    # 60 s delay; it may signal up to half a minute early), so at least one time-out requeue, whatever the speed
+    settings["hyper"]["epochs"] = 40
+    start = time.monotonic()
+    train_all(store, settings, tmp_path / "calibrate", only=["fold1"])
+    settings["hyper"]["epochs"] = max(80, round(75 * 40 / (time.monotonic() - start)))
+    launcher = {**config["launcher"], "gpus_per_task": 0, "timeout_min": 2, "signal_delay_s": 60, "max_requeues": 4,
+                "log_dir": str(tmp_path / "logs")}
+    out, errors = tmp_path / "slurm", []
+
+    def train():
+        try:
+            train_all(store, settings, out, only=["fold1"], launcher=launcher)
+        except BaseException as err:  # noqa: BLE001  (re-raised in the test thread)
+            errors.append(err)
+
+    worker = threading.Thread(target=train, daemon=True)
+    worker.start()
+    train_all(store, settings, tmp_path / "inline", only=["fold1"])  # the uninterrupted run, meanwhile
+    worker.join(timeout=240)
+    assert not worker.is_alive(), "training on SLURM did not finish within 4 min"
+    assert not errors, errors
+
+    job_id = json.loads((out / "jobs.json").read_text())["jobs"]["fold1"]["job_id"]
+    slurm_cluster.wait_state(job_id, {"COMPLETED"}, timeout=30)  # the result file comes a moment before the end
+    states = [r["JobState"] for r in slurm_cluster.completions() if r["JobId"] == job_id]
+    assert len(states) >= 2 and states[-1] == "COMPLETED" and set(states[:-1]) == {"PENDING"}, states  # requeued
+    log_text = Path(json.loads((out / "jobs.json").read_text())["jobs"]["fold1"]["stderr"]).read_text()
+    assert "Caught signal SIGUSR2" in log_text and "this job is timed-out" in log_text, log_text[-3000:]
+    assert log_text.count("Requeued job") == len(states) - 1 and "fold1: resuming at epoch" in log_text
+    assert metrics(out, "fold1") == metrics(tmp_path / "inline", "fold1")
+    pd.testing.assert_frame_equal(pd.read_csv(out / "fold1/history.csv"),
+                                  pd.read_csv(tmp_path / "inline/fold1/history.csv"))
+
+
+def test_job_larger_than_the_node_fails_the_rule_within_the_grace_time(slurm_cluster, results):
+    run = results / RUN.format(method="daam_v2")
+    overlay = {"launcher": {"cpus_per_task": 1024, "never_start_grace_s": 5}}  # the test node has nproc CPUs
+    start = time.monotonic()
+    proc = snakemake(results, str(run / "runs.csv"), overlay=overlay, timeout=120)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0 and not (run / "runs.csv").exists()
+    log_text = (results / "logs/train/wordnet_minilm_paper_daam_v2.log").read_text()
+    request = "cpus_per_task=1024, mem=1024M, time=10min, gres=gpu:1"
+    # at once: the reason and the request, with the time left; then the failure
+    assert "can never start: SLURM keeps it PENDING (PartitionConfig)" in log_text and "fails in 5 s" in log_text
+    assert "LaunchError: 2 of 2 slurm job(s) failed" in log_text and log_text.count(request) >= 4, log_text
+    output = proc.stdout + proc.stderr  # Snakemake shows the failed rule's log (show-failed-logs in profiles/default)
+    assert "Error in rule train" in output and "PENDING (PartitionConfig)" in output and request in output
+    assert elapsed < 60, f"the rule failed after {elapsed:.0f} s (grace 5 s)"
+    # cancelled, not left in the queue (squeue then lists the never-started array under its bare id)
+    array = {e["job_id"].split("_")[0] for e in json.loads((run / "jobs.json").read_text())["jobs"].values()}
+    assert len(array) == 1
+    wait_for(lambda: {s for i, (s, n) in slurm_cluster.states().items() if i.split("_")[0] in array} == {"CANCELLED"},
+             30, "the cancelled jobs")
+
+
 def test_killed_snakemake_reattaches_without_duplicate_submissions(slurm_cluster, results, tmp_path):
     method, run = "linear", results / RUN.format(method="linear")
     target = str(run / "runs.csv")
