@@ -375,6 +375,29 @@ def test_hub_encoder_is_locked_on_first_download_and_verified_after(tmp_path, en
     assert yaml.safe_load(lock.read_text())["llm"]["commit"] == second
 
 
+def test_encoder_jobs_updating_the_lock_file_at_once_keep_every_entry(tmp_path):
+    import threading
+    import time
+
+    import yaml
+
+    from daamflow.encoders import _locked
+
+    lock = tmp_path / "config/encoders.lock.yaml"
+
+    def record(name):
+        with _locked(lock) as entries:
+            time.sleep(0.05)  # read-modify-write: without the lock, the others' entries would be lost here
+            entries[name] = {"commit": name}
+
+    threads = [threading.Thread(target=record, args=(f"enc{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(yaml.safe_load(lock.read_text())) == [f"enc{i}" for i in range(6)]
+
+
 def test_agnews_official_files_are_checksummed(tmp_path, monkeypatch):
     from daamflow.datasets import agnews
 

@@ -121,14 +121,18 @@ def materialise(spec: dict, out_dir: Path | str, lock: Path | str | None = None)
 
 @contextlib.contextmanager
 def _locked(lock: Path):
-    """The lock file's entries, read and (when changed) rewritten under an exclusive flock on its folder, so that
-    encoder jobs running side by side never lose each other's entries (held for the read or the update only, never
-    during a download)."""
+    """The lock file's entries, read and (when changed) rewritten under an exclusive flock on it, so that encoder
+    jobs running side by side never lose each other's entries (held for the read or the update only, never during a
+    download). The rewrite is a rename: a waiter that then holds the replaced file locks the new one instead."""
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock.parent, os.O_RDONLY)
+    while True:
+        fh = open(lock, "a+")  # writable: NFS grants exclusive locks only on files open for writing
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        if lock.exists() and os.fstat(fh.fileno()).st_ino == lock.stat().st_ino:
+            break
+        fh.close()
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        entries = (yaml.safe_load(lock.read_text()) or {}) if lock.exists() else {}
+        entries = yaml.safe_load(lock.read_text()) or {}
         if not isinstance(entries, dict):
             raise ValueError(f"{lock}: expected a mapping of encoder name -> locked download, found {entries!r}")
         before = json.dumps(entries, sort_keys=True)
@@ -137,7 +141,7 @@ def _locked(lock: Path):
             write_text(lock, "# encoder downloads as first fetched: commit this file with the config\n"
                              + yaml.safe_dump(entries, sort_keys=True))
     finally:
-        os.close(fd)  # releases the flock
+        fh.close()  # releases the flock
 
 
 def _check_lock(name: str, lock: Path, entry: dict | None, info: dict, weights: dict) -> None:
