@@ -115,6 +115,27 @@ def test_changed_prepared_data_retrains_lora_folds(tmp_path, encoder_dir, make_p
     assert runs["identity"].tolist() == [after["identity"]]
 
 
+def test_a_job_array_is_keyed_by_the_fold_identity(tmp_path):
+    """Through a launcher, changed features give the fold's job call another digest: a rerun never re-attaches to
+    (and cancels, if still queued) a job submitted for the old data."""
+    from daamflow import launch
+
+    store_dir, out = _store(tmp_path / "store", per_class=12), tmp_path / "run"
+    settings, launcher = _settings(epochs=1, runs=1), {"kind": "local", "poll_s": 0.05}
+    train_all(store_dir, settings, out, launcher=launcher)
+    first = json.loads((out / launch.JOBS_FILE).read_text())["jobs"]["run1"]
+    _store(store_dir, per_class=14, seed=1)
+    train_all(store_dir, settings, out, launcher=launcher)
+    second = json.loads((out / launch.JOBS_FILE).read_text())["jobs"]["run1"]
+    assert second["job_id"] != first["job_id"] and second["call"] != first["call"]
+    assert second["settings_hash"] == first["settings_hash"]
+    assert json.loads((out / "run1/metrics.json").read_text())["split"]["n_test"] == 10
+    # a recorded job of the old call that were still running would be cancelled, not re-attached to
+    attach, stale = launch.plan(["run1"], [second["call"]], "slurm",
+                                {"jobs": {"run1": {**first, "kind": "slurm", "job_id": "7_0"}}}, {"7_0": "PENDING"})
+    assert attach == {} and [e["job_id"] for e in stale] == ["7_0"]
+
+
 def test_a_fold_job_refuses_inputs_changed_since_submission(tmp_path):
     store_dir = _store(tmp_path / "store", per_class=12)
     stale = fold_identity(_settings(), {"features.npy": "0" * 64, "index.csv": "0" * 64})
