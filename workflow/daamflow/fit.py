@@ -148,8 +148,9 @@ def fold_lock(fold_dir: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def read_checkpoint(path: Path, dev: torch.device | str, name: str) -> dict | None:
-    """The checkpoint dict at ``path``, or None when there is none or it does not load.
+def read_checkpoint(path: Path, name: str) -> dict | None:
+    """The checkpoint dict at ``path`` (on the CPU: loading it is no GPU allocation that could fail and be taken for
+    damage; ``load_state_dict`` moves the state where the model is), or None when there is none or it does not load.
 
     Tensors and plain containers only (``weights_only=True``). Checkpoints are written atomically, so one that does
     not load was damaged or placed from outside: it is set aside as ``checkpoint.pt.corrupt-<time>``, with a warning
@@ -158,7 +159,7 @@ def read_checkpoint(path: Path, dev: torch.device | str, name: str) -> dict | No
     if not path.exists():
         return None
     try:
-        ckpt = torch.load(path, map_location=dev, weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(ckpt, dict):
             raise pickle.UnpicklingError(f"holds a {type(ckpt).__name__}, not a checkpoint dict")
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
@@ -171,9 +172,9 @@ def read_checkpoint(path: Path, dev: torch.device | str, name: str) -> dict | No
     return ckpt
 
 
-def load_checkpoint(path: Path, identity: str, dev: torch.device, name: str) -> dict | None:
+def load_checkpoint(path: Path, identity: str, name: str) -> dict | None:
     """The fold checkpoint at ``path`` if it loads (``read_checkpoint``) and was written under ``identity``."""
-    ckpt = read_checkpoint(path, dev, name)
+    ckpt = read_checkpoint(path, name)
     if ckpt is None:
         return None
     if ckpt.get("identity") != identity:
@@ -238,7 +239,7 @@ def fit(
     start_epoch, history, best, probe = 1, [], {"accuracy": -1.0, "epoch": 0, "state": None}, None
     accumulated = None
     ckpt_path = out_dir / "checkpoint.pt"
-    ckpt = load_checkpoint(ckpt_path, identity, dev, split.name)
+    ckpt = load_checkpoint(ckpt_path, identity, split.name)
     if ckpt is not None:
         load_weights(ckpt["model"])
         optimiser.load_state_dict(ckpt["optimiser"])

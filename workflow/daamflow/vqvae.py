@@ -527,7 +527,7 @@ def train_run(cfg: VQVAEConfig, variant: str, seed: int, out_dir: Path | str, *,
     ckpt_path = out / "checkpoint.pt"
     history: list[dict[str, float]] = []
     start_epoch, wall = 1, 0.0
-    state = read_checkpoint(ckpt_path, device, variant)
+    state = read_checkpoint(ckpt_path, variant)
     if state is not None:
         mismatched = [k for k in identity if state["identity"][k] != identity[k]]
         if mismatched:
