@@ -57,9 +57,13 @@ def test_install_profile_then_by_name_from_anywhere(tmp_path):
 
 
 def test_install_never_replaces_another_profile(tmp_path):
-    (tmp_path / "slurm").mkdir()
+    (tmp_path / "snakemake/slurm").mkdir(parents=True)
     with pytest.raises(FileExistsError, match="--name"):
-        install_profile(PROFILES / "slurm", "slurm", tmp_path)
+        install_profile(PROFILES / "slurm", "slurm", tmp_path / "snakemake")
+    done = subprocess.run([sys.executable, "-m", "daamflow", "install-profile"], capture_output=True, text=True,
+                          env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}, timeout=60)
+    assert done.returncode == 1 and f"{tmp_path / 'snakemake/slurm'} exists already" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "snakemake/slurm").is_symlink()
     assert install_profile(PROFILES / "slurm", "daamflow-slurm", tmp_path).resolve() == (PROFILES / "slurm").resolve()
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         install_profile(tmp_path, "empty", tmp_path)

@@ -15,14 +15,15 @@ from pathlib import Path
 from daamflow.config import ConfigError
 from daamflow.datasets import SOURCES, cifar100, fashion_mnist
 
-# (option, what must exist there); a download option (url) only counts when it is a local path and the downloaded
-# file (option "root" + name) is not there yet
+# source -> (option, what must exist there)
 _PATHS: dict[str, list[tuple[str, str]]] = {
     "iemocap": [("root", "folder")],
     "fashion_mnist": [("root", "folder")],
     "wordnet": [("path", "file")],
     "espeak_prosody": [("wordnet_path", "file")],
 }
+# source -> (download option, the file it becomes under the option `root`): the source is only read while that file
+# is missing, and only a local one (a path or file:// URL) can be checked here
 _DOWNLOADS: dict[str, list[tuple[str, str]]] = {
     "agnews": [("train_url", "train.csv"), ("test_url", "test.csv")],
     "cifar100": [("url", cifar100.ARCHIVE)],
@@ -70,6 +71,7 @@ def dataset_problems(name: str, ds: dict) -> list[str]:
             problems.append(f"{key}.root: {root} lacks {', '.join(absent)} (IEMOCAP_full_release expected)")
     if source == "fashion_mnist" and Path(options["root"]).expanduser().is_dir():
         root = Path(options["root"]).expanduser()
+        # the adapter's own table of the IDX file names
         absent = [f for pair in fashion_mnist._FILES.values() for f in pair if not (root / f).is_file()]
         if absent:
             problems.append(f"{key}.root: {root} lacks {', '.join(absent)}")

@@ -148,7 +148,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    dest = install_profile(args.profile, args.name)
+    try:
+        dest = install_profile(args.profile, args.name)
+    except OSError as err:  # an existing entry, or not a profile folder: a message, not a traceback
+        print(f"daamflow install-profile: {err}", file=sys.stderr)
+        return 1
     print(f"{dest} -> {args.profile.resolve()}: `snakemake --profile {args.name}` now finds it from any folder",
           file=sys.stderr)
     return 0
