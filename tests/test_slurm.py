@@ -162,12 +162,13 @@ def test_time_limit_requeues_and_resumes_with_identical_metrics(slurm_cluster, r
     config = load_config(MICRO)
     settings = train_settings(config, "wordnet", "mha", "paper")
     store = results / "features/wordnet/minilm"
-    # ~75 s of epochs on this machine: more than one time slot (SLURM signals 30-60 s into a 2-minute limit with a
-    # 60 s delay; it may signal up to half a minute early), so at least one time-out requeue, whatever the speed
+    # ~100 s of epochs at this machine's present speed: with a 2-minute limit and a 60 s delay SLURM signals 30-60 s
+    # into each run (its time-limit check runs every 30 s and may signal early), so the first run is cut short even
+    # if the machine gets faster meanwhile: at least one time-out requeue
     settings["hyper"]["epochs"] = 40
     start = time.monotonic()
     train_all(store, settings, tmp_path / "calibrate", only=["fold1"])
-    settings["hyper"]["epochs"] = max(80, round(75 * 40 / (time.monotonic() - start)))
+    settings["hyper"]["epochs"] = max(80, round(100 * 40 / (time.monotonic() - start)))
     launcher = {**config["launcher"], "gpus_per_task": 0, "timeout_min": 2, "signal_delay_s": 60, "max_requeues": 4,
                 "log_dir": str(tmp_path / "logs")}
     out, errors = tmp_path / "slurm", []
@@ -217,6 +218,19 @@ def test_job_larger_than_the_node_fails_the_rule_within_the_grace_time(slurm_clu
     assert len(array) == 1
     wait_for(lambda: {s for i, (s, n) in slurm_cluster.states().items() if i.split("_")[0] in array} == {"CANCELLED"},
              30, "the cancelled jobs")
+
+
+@pytest.mark.parametrize("request_, refusal", [
+    ({"mem_gb": 1024}, "Memory specification can not be satisfied"),
+    ({"constraint": "h100"}, "Invalid feature specification"),  # a feature no node has
+])
+def test_request_sbatch_refuses_fails_at_once_naming_it(slurm_cluster, tmp_path, request_, refusal):
+    from daamflow import launch
+
+    launcher = {"kind": "slurm", "cpus_per_task": 1, "mem_gb": 0.5, "timeout_min": 5, "log_dir": str(tmp_path), **request_}
+    with pytest.raises(launch.LaunchError, match="submitting 0 with request cpus_per_task=1") as info:
+        launch.run_calls(count_steps, [dict(path=str(tmp_path / "never"), steps=1, dt=0)], launcher, tmp_path / "a")
+    assert refusal in str(info.value) and launch.request_summary(launch.resolve(launcher)) in str(info.value)
 
 
 def test_killed_snakemake_reattaches_without_duplicate_submissions(slurm_cluster, results, tmp_path):
