@@ -312,6 +312,8 @@ def test_slurm_profile_sets_a_valid_slurm_launcher():
     config["launcher"] = {**config.get("launcher", {}), **overrides["launcher"]}
     launcher = validate_config(config)["launcher"]
     assert launcher["kind"] == "slurm" and launcher["gpus_per_task"] == 1
+    assert launcher["signal_delay_s"] == 90 and launcher["never_start_grace_s"] == 60
+    assert launch.resolve(launcher) == launcher  # complete, and the time-out signal fits in timeout_min
 
 
 def test_launcher_defaults_are_the_schemas():
