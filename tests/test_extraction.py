@@ -249,9 +249,16 @@ def test_hub_encoder_from_the_cache_records_its_commit(encoder_dir, make_prepare
 
 def test_paper_grid_dry_run_lists_every_job_without_the_data(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    # the licensed IEMOCAP copy is checked while the DAG is built: an empty stand-in with its five session folders
+    iemocap = tmp_path / "IEMOCAP_full_release"
+    for k in range(1, 6):
+        (iemocap / f"Session{k}").mkdir(parents=True)
+    config = (ROOT / "config/paper.yaml").read_text().replace("/path/to/IEMOCAP_full_release", str(iemocap))
+    assert str(iemocap) in config
+    (tmp_path / "paper.yaml").write_text(config)
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--configfile", "config/paper.yaml",
+        [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--configfile", str(tmp_path / "paper.yaml"),
          "--config", f"results_dir={tmp_path / 'results'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     seconds = time.perf_counter() - started
