@@ -30,6 +30,7 @@ rule encoder:
     params:
         out=lambda w, output: os.path.dirname(output.spec),
         spec=lambda w: json.dumps(config["encoders"][w.encoder], sort_keys=True),
+        lock=config["encoder_lock"],
     conda:
         "../envs/daamflow.yaml"
     log:
@@ -41,4 +42,4 @@ rule encoder:
         mem_mb=2000,
         runtime=30,
     shell:
-        "daamflow encoder --spec {params.spec:q} --out {params.out:q} > {log:q} 2>&1"
+        "daamflow encoder --spec {params.spec:q} --out {params.out:q} --lock {params.lock:q} > {log:q} 2>&1"

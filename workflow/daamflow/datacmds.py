@@ -31,12 +31,14 @@ def _prepare(args: argparse.Namespace) -> int:
 def _encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", required=True, help="encoder spec as JSON (inline or a file): kind package | tiny | hub")
     p.add_argument("--out", required=True, type=Path, help="folder that AutoModel.from_pretrained can load")
+    p.add_argument("--lock", type=Path, default=None,
+                   help="lock file of hub encoders (commit and weight sha256 of the first download, verified later)")
 
 
 def _encoder(args: argparse.Namespace) -> int:
     from .encoders import materialise
 
-    path = materialise(read_settings(args.spec), args.out)
+    path = materialise(read_settings(args.spec), args.out, lock=args.lock)
     log.info("encoder ready: %s", json.loads((Path(path) / "encoder.json").read_text()).get("class", path))
     return 0
 
