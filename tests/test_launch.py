@@ -337,9 +337,11 @@ def test_time_out_signal_comes_signal_delay_s_before_the_limit(fake_slurm, tmp_p
         launch.run_calls(square, [dict(x=1)], launcher, tmp_path / "run")
     lines = (fake_slurm / "script0.sh").read_text().splitlines()
     assert "#SBATCH --signal=USR2@45" in lines and "#SBATCH --time=2" in lines
-    with pytest.raises(ValueError, match=r"launcher.signal_delay_s \(120\) must be less than launcher.timeout_min x 60 "
-                                         r"\(120\)"):
-        launch.resolve({"kind": "slurm", "timeout_min": 2, "signal_delay_s": 120})
+    for kind in ("slurm", "local"):
+        with pytest.raises(ValueError, match=r"launcher.signal_delay_s \(120\) must be less than launcher.timeout_min "
+                                             r"x 60 \(120\)"):
+            launch.resolve({"kind": kind, "timeout_min": 2, "signal_delay_s": 120})
+    launch.resolve({"kind": "inline", "timeout_min": 1})  # nothing is signalled in this process
 
 
 @pytest.mark.parametrize("reason, never", [

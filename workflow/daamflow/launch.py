@@ -157,7 +157,7 @@ def resolve(launcher: dict | None) -> dict:
     merged = {**defaults(), **(launcher or {})}
     if merged["kind"] not in KINDS:
         raise ValueError(f"launcher.kind: {merged['kind']!r} is not one of {', '.join(KINDS)}")
-    if merged["kind"] == "slurm" and merged["signal_delay_s"] >= merged["timeout_min"] * 60:
+    if merged["kind"] != "inline" and merged["signal_delay_s"] >= merged["timeout_min"] * 60:
         raise ValueError(
             f"launcher.signal_delay_s ({merged['signal_delay_s']}) must be less than launcher.timeout_min x 60 "
             f"({merged['timeout_min'] * 60}): the time-out signal would come before the job could do any work"
@@ -232,7 +232,8 @@ def make_executor(launcher: dict, name: str, folder: Path) -> submitit.Executor:
     if launcher["kind"] == "local":
         executor = submitit.LocalExecutor(folder, max_num_timeout=launcher["max_requeues"])
         executor.update_parameters(
-            timeout_min=launcher["timeout_min"], gpus_per_node=launcher["gpus_per_task"], setup=list(launcher["setup"])
+            timeout_min=launcher["timeout_min"], signal_delay_s=launcher["signal_delay_s"],
+            gpus_per_node=launcher["gpus_per_task"], setup=list(launcher["setup"]),
         )
         return executor
     missing = [b for b in ("sbatch", "srun", "squeue", "scontrol") if shutil.which(b) is None]
