@@ -28,10 +28,10 @@ import datetime
 import functools
 import getpass
 import hashlib
-import re
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
