@@ -228,7 +228,8 @@ def test_job_larger_than_the_node_fails_the_rule_within_the_grace_time(slurm_clu
 def test_request_sbatch_refuses_fails_at_once_naming_it(slurm_cluster, tmp_path, request_, refusal):
     from daamflow import launch
 
-    launcher = {"kind": "slurm", "cpus_per_task": 1, "mem_gb": 0.5, "timeout_min": 5, "log_dir": str(tmp_path), **request_}
+    launcher = {"kind": "slurm", "cpus_per_task": 1, "mem_gb": 0.5, "timeout_min": 5, "log_dir": str(tmp_path),
+                **request_}
     with pytest.raises(launch.LaunchError, match="submitting 0 with request cpus_per_task=1") as info:
         launch.run_calls(count_steps, [dict(path=str(tmp_path / "never"), steps=1, dt=0)], launcher, tmp_path / "a")
     assert refusal in str(info.value) and launch.request_summary(launch.resolve(launcher)) in str(info.value)
