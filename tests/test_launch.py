@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import sys
 import threading
 import time
@@ -394,3 +395,33 @@ def test_refused_submission_names_the_request(fake_slurm, tmp_path):
     with pytest.raises(launch.LaunchError, match=r"submitting 0 with request cpus_per_task=1, mem=1024000M.* failed:"
                                                  r"[\s\S]*sbatch must not run"):
         launch.run_calls(square, [dict(x=1)], launcher, tmp_path / "run")
+
+
+class FailsWhenLeftByAnError:
+    """A writer that fails when an exception cuts it short, as torch's zip writer ("unexpected pos") does."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *_):
+        if kind is not None:
+            raise RuntimeError("unexpected pos 1845248 vs 1845200")
+
+
+def interrupted_while_saving(marker: str) -> str:
+    marker_path = Path(marker)
+    if marker_path.exists():
+        return "resumed"
+    marker_path.write_text("first run")
+    with FailsWhenLeftByAnError():
+        os.kill(os.getpid(), signal.SIGUSR2)  # the time-out/preemption signal lands while a checkpoint is written
+        time.sleep(60)
+    return "never interrupted"
+
+
+def test_interruption_while_saving_requeues_instead_of_failing(tmp_path):
+    """submitit's handler requeues and exits with SystemExit mid-save; the writer's own error must not end the job."""
+    out = launch.run_calls(interrupted_while_saving, [dict(marker=str(tmp_path / "marker"))], LOCAL, tmp_path / "run")
+    assert out == ["resumed"]
+    stderr = Path(json.loads((tmp_path / "run" / launch.JOBS_FILE).read_text())["jobs"]["0"]["stderr"]).read_text()
+    assert "requeued while the call was cleaning up (RuntimeError: unexpected pos" in stderr

@@ -94,7 +94,19 @@ class Resumable(submitit.helpers.Checkpointable):
     def __call__(self, **kwargs: Any) -> Any:
         if not logging.getLogger().handlers:  # a fresh job process: let the library's messages reach the job log
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return self.fn(**kwargs)
+        requeues = self.requeues
+        try:
+            return self.fn(**kwargs)
+        except Exception as err:
+            # submitit's signal handler requeues the job and exits by raising SystemExit wherever the call is; if
+            # unwinding from there fails anew (torch closing a checkpoint cut short: "unexpected pos"), submitit
+            # would store that error as the call's result although the call goes on in the requeued job
+            exiting = _system_exit(err)
+            if exiting is None or self.requeues == requeues:
+                raise
+            log.warning("requeued while the call was cleaning up (%s: %s); exiting for the requeued job",
+                        type(err).__name__, err)
+            raise exiting from None
 
     def checkpoint(self, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         if self.requeues >= self.max_requeues:
@@ -104,6 +116,17 @@ class Resumable(submitit.helpers.Checkpointable):
         self.requeues += 1
         log.warning("preempted or timed out: requeueing (%d of at most %d)", self.requeues, self.max_requeues)
         return submitit.helpers.DelayedSubmission(self, **kwargs)
+
+
+def _system_exit(err: BaseException) -> SystemExit | None:
+    """The SystemExit during whose handling ``err`` was raised, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, SystemExit):
+            return err
+        seen.add(id(err))
+        err = err.__context__
+    return None
 
 
 @dataclass
