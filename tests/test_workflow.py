@@ -56,6 +56,17 @@ def test_tables_match_the_run_contracts(micro_run):
 
 
 @pytest.mark.slow
+def test_results_match_the_golden_digests(micro_run):
+    """Refactorings change no behaviour: tables, runs.csv, metrics.json and summary.json (timings, versions and the
+    results path aside) equal the recorded digests (tests/golden.py says how they were recorded)."""
+    import golden
+
+    results, _ = micro_run
+    differences = golden.compare(results)
+    assert not differences, "results differ from tests/golden/micro.json:\n" + "\n".join(differences[:40])
+
+
+@pytest.mark.slow
 def test_feature_stores_and_density_maps(micro_run):
     from daamflow.features import load_store
 
