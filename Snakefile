@@ -10,7 +10,7 @@ import sys
 
 from daamflow.config import validate_config
 from daamflow.preflight import check_resources
-from daamflow.profiles import precedence_warnings
+from daamflow.cli.profiles import precedence_warnings
 
 from snakemake.logging import logger
 from snakemake.utils import min_version

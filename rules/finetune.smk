@@ -1,4 +1,4 @@
-from daamflow.finetune import METHOD_PATTERN, finetune_settings
+from daamflow.run.finetune import METHOD_PATTERN, finetune_settings
 
 
 rule finetune:

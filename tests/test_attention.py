@@ -1,4 +1,4 @@
-"""Tests of daamflow.attention against independent hand computations (explicit loops, float64)."""
+"""Tests of daamflow.models.attention against independent hand computations (explicit loops, float64)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from daamflow.attention import DAAM, GQDAAM, GroupedQueryAttention, LayerSelfAttention, MixtureDAAM, _DAAMFunction
+from daamflow.models.attention import DAAM, GQDAAM, GroupedQueryAttention, LayerSelfAttention, MixtureDAAM, _DAAMFunction
 
 
 # ------------------------------------------------------------------------------------------------------------ DAAM
@@ -129,7 +129,7 @@ def test_daam_gradients_match_plain_autograd():
 
 def test_daam_cache_slices_match_one_pass(monkeypatch):
     """The CPU batch slicing (several slices here) gives the same values and gradients as a single slice."""
-    from daamflow import attention
+    from daamflow.models import attention
 
     mod, gen = _random_daam(6, 5, 2)
     x = torch.randn(7, 6, 5, generator=gen, dtype=torch.float64, requires_grad=True)

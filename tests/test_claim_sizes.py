@@ -13,8 +13,8 @@ import math
 import numpy as np
 import pytest
 
-from daamflow import claims as C
-from daamflow.published import load_published
+from daamflow.report import claims as C
+from daamflow.report.published import load_published
 
 N_SIM = 8000
 ALPHA = C.ALPHA

@@ -1,4 +1,4 @@
-"""daamflow.claims: paired statistics, verdicts, the paper's claims against runs, and the parameter claims."""
+"""daamflow.report.claims: paired statistics, verdicts, the paper's claims against runs, and the parameter claims."""
 import copy
 import math
 from pathlib import Path
@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from daamflow import claims as C
-from daamflow.published import load_published
+from daamflow.report import claims as C
+from daamflow.report.published import load_published
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +222,7 @@ def test_paired_comparisons_without_pairs_is_an_empty_table():
 
 @pytest.fixture(scope="module")
 def params():
-    from daamflow.paramtable import parameter_table
+    from daamflow.report.paramtable import parameter_table
 
     return parameter_table()
 
@@ -330,7 +330,7 @@ def test_item_level_test_needs_the_test_items_too(pub, tmp_path):
     right = lambda k: [0] * k + [1] * (100 - k)  # noqa: E731 - the first k items correct
     tables = [_write_run(tmp_path, "daam_v1", {"run1": right(62), "run2": right(63), "run3": right(62)}, labels),
               _write_run(tmp_path, "mha", {"run1": right(60), "run2": right(60), "run3": right(61)}, labels)]
-    from daamflow.report import load_runs
+    from daamflow.report.tables import load_runs
 
     runs = load_runs(tables)
     items = C.load_items(tables, {"toy"})

@@ -109,7 +109,7 @@ def test_strings_from_the_command_line_are_typed(default_config):
 
 def test_config_command_shows_the_settings_of_the_job_that_runs_the_method():
     def show(method):
-        return subprocess.run([sys.executable, "-m", "daamflow.cli", "config", str(ROOT / "config/config.yaml"),
+        return subprocess.run([sys.executable, "-m", "daamflow", "config", str(ROOT / "config/config.yaml"),
                                "--train", "wordnet", "paper", method], capture_output=True, text=True, timeout=120)
 
     head, lora = json.loads(show("daam_v1").stdout), json.loads(show("lora_r4@released").stdout)
@@ -123,8 +123,8 @@ def test_config_command_shows_the_settings_of_the_job_that_runs_the_method():
 def test_schema_methods_are_the_heads_and_lora_names():
     import re
 
-    from daamflow.finetune import METHOD_PATTERN
-    from daamflow.heads import METHODS
+    from daamflow.run.finetune import METHOD_PATTERN
+    from daamflow.models.heads import METHODS
 
     names = yaml.safe_load((ROOT / "config/schema.yaml").read_text())["$defs"]["method_name"]["enum"]
     assert set(METHODS) <= set(names)

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from scipy.io import wavfile
 
-from daamflow.datasets import SOURCES, espeak, fashion_mnist, prepare, wordnet
-from daamflow.manifest import read_prepared
+from daamflow.data.datasets import SOURCES, espeak, fashion_mnist, prepare, wordnet
+from daamflow.data.manifest import read_prepared
 
 
 def _idx(path, magic, array):

@@ -5,9 +5,9 @@ import pytest
 import torch
 from scipy.io import wavfile
 
-from daamflow.datasets import prepare
-from daamflow.embed import embed, masked_mean
-from daamflow.features import load_store
+from daamflow.data.datasets import prepare
+from daamflow.data.embed import embed, masked_mean
+from daamflow.data.features import load_store
 
 TEXTS = [
     "a dog",

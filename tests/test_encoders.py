@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from daamflow.encoders import load_processor, materialise, read_encoder_info
-from daamflow.manifest import sha256_file
+from daamflow.data.encoders import load_processor, materialise, read_encoder_info
+from daamflow.data.manifest import sha256_file
 
 
 @pytest.mark.parametrize("arch, model_class, modality", [

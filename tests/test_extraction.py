@@ -17,11 +17,11 @@ from scipy.io import wavfile
 from scipy.signal import resample_poly
 from transformers import AutoModel
 
-from daamflow.batching import grouped_batches, plan_batches
-from daamflow.datasets import prepare
-from daamflow.embed import Scratch, embed
-from daamflow.encoders import load_processor, materialise, read_encoder_info
-from daamflow.features import load_store
+from daamflow.data.batching import grouped_batches, plan_batches
+from daamflow.data.datasets import prepare
+from daamflow.data.embed import Scratch, embed
+from daamflow.data.encoders import load_processor, materialise, read_encoder_info
+from daamflow.data.features import load_store
 from paper_fakes import make_agnews, make_cifar100, make_iemocap
 
 ROOT = Path(__file__).resolve().parents[1]

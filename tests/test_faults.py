@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from daamflow.atomic import atomic_write, save_torch
-from daamflow.features import load_store, write_store
-from daamflow.fit import Diverged, Interrupted, fold_identity
-from daamflow.train import run_fold, run_split, splits_of, store_inputs, train_all
+from daamflow.data.features import load_store, write_store
+from daamflow.run.fit import Diverged, Interrupted, fold_identity
+from daamflow.run.train import run_fold, run_split, splits_of, store_inputs, train_all
 
 C = 2
 
@@ -82,7 +82,7 @@ def test_checkpoint_of_other_data_is_not_resumed(tmp_path, caplog):
     settings = _settings(epochs=3)
     with pytest.raises(Interrupted):
         _one_fold(a, settings, tmp_path / "fold", stop_after_epoch=1)
-    with caplog.at_level(logging.WARNING, logger="daamflow.fit"):
+    with caplog.at_level(logging.WARNING, logger="daamflow.run.fit"):
         metrics = _one_fold(b, settings, tmp_path / "fold")
     assert "other settings or inputs; starting over" in caplog.text
     assert metrics == {**_one_fold(b, settings, tmp_path / "clean"), "wall_time_s": metrics["wall_time_s"]}
@@ -90,7 +90,7 @@ def test_checkpoint_of_other_data_is_not_resumed(tmp_path, caplog):
 
 def test_changed_prepared_data_retrains_lora_folds(tmp_path, encoder_dir, make_prepared):
     from daamflow.config import validate_config
-    from daamflow.finetune import finetune_all, finetune_settings
+    from daamflow.run.finetune import finetune_all, finetune_settings
 
     config = validate_config({
         "datasets": {"llm": {"source": "wordnet", "encoder": "llama", "evaluation": {"scheme": "seeds", "runs": 1}}},
@@ -118,7 +118,7 @@ def test_changed_prepared_data_retrains_lora_folds(tmp_path, encoder_dir, make_p
 def test_a_job_array_is_keyed_by_the_fold_identity(tmp_path):
     """Through a launcher, changed features give the fold's job call another digest: a rerun never re-attaches to
     (and cancels, if still queued) a job submitted for the old data."""
-    from daamflow import launch
+    from daamflow.run import launch
 
     store_dir, out = _store(tmp_path / "store", per_class=12), tmp_path / "run"
     settings, launcher = _settings(epochs=1, runs=1), {"kind": "local", "poll_s": 0.05}
@@ -164,7 +164,7 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path, caplog, fmt):
         (fold / "checkpoint.pt").write_bytes(pickle.dumps(payload))
     else:
         torch.save(payload, fold / "checkpoint.pt")
-    with caplog.at_level(logging.WARNING, logger="daamflow.fit"):
+    with caplog.at_level(logging.WARNING, logger="daamflow.run.fit"):
         metrics = _one_fold(store_dir, _settings(), fold)
     assert not marker.exists()
     assert f"{fold / 'checkpoint.pt'} is not a loadable checkpoint" in caplog.text
@@ -207,7 +207,7 @@ def test_truncated_checkpoint_is_set_aside_and_the_fold_restarts(tmp_path, caplo
         _one_fold(store_dir, settings, fold, stop_after_epoch=2)
     ckpt = fold / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
-    with caplog.at_level(logging.WARNING, logger="daamflow.fit"):
+    with caplog.at_level(logging.WARNING, logger="daamflow.run.fit"):
         metrics = _one_fold(store_dir, settings, fold)
     assert f"{ckpt} is not a loadable checkpoint" in caplog.text and "set aside as" in caplog.text
     aside = list(fold.glob("checkpoint.pt.corrupt-*"))
@@ -217,7 +217,7 @@ def test_truncated_checkpoint_is_set_aside_and_the_fold_restarts(tmp_path, caplo
 
 
 def test_truncated_vqvae_checkpoint_is_set_aside_and_the_run_restarts(tmp_path, caplog):
-    from daamflow import vqvae
+    from daamflow.vqvae import run as vqvae
 
     cfg = vqvae.VQVAEConfig(hidden_dims=[8, 8], latent_dim=8, num_embeddings=16, daam_heads=2, daam_gaussians=2,
                             norm_groups=2, dataset="fashion_mnist", image_size=16, train_images=32, test_images=16,
@@ -226,7 +226,7 @@ def test_truncated_vqvae_checkpoint_is_set_aside_and_the_run_restarts(tmp_path, 
     assert vqvae.train_run(cfg, "plain", 0, out, threads=None, stop_after_epochs=1) is None
     ckpt = out / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:100])
-    with caplog.at_level(logging.WARNING, logger="daamflow.fit"):
+    with caplog.at_level(logging.WARNING, logger="daamflow.run.fit"):
         vqvae.train_run(cfg, "plain", 0, out, threads=None)
     assert f"{ckpt} is not a loadable checkpoint" in caplog.text
     assert len(list(out.glob("checkpoint.pt.corrupt-*"))) == 1
@@ -276,7 +276,7 @@ def test_torch_save_on_a_full_file_system_says_no_space_and_keeps_the_old_file(t
 
 def test_a_corrupted_store_is_refused_before_training_whatever_its_size(tmp_path):
     """Every store is hashed before its folds run (big ones too: sha256 reads faster than disks deliver)."""
-    from daamflow.features import FeatureStoreError
+    from daamflow.data.features import FeatureStoreError
 
     store_dir = _store(tmp_path / "store", per_class=12)
     features = store_dir / "features.npy"
@@ -301,9 +301,9 @@ def test_store_folder_is_readable_by_the_group(tmp_path):
 _ORPHAN = """
 import json, sys, time
 from pathlib import Path
-from daamflow.features import load_store
-from daamflow.fit import fold_lock
-from daamflow.train import run_split, splits_of, store_inputs
+from daamflow.data.features import load_store
+from daamflow.run.fit import fold_lock
+from daamflow.run.train import run_split, splits_of, store_inputs
 store_dir, out, settings = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 store = load_store(store_dir)
 split = splits_of(store, settings)[0]
@@ -335,7 +335,7 @@ def test_an_orphaned_fold_job_and_a_rerun_do_not_train_at_once(tmp_path, caplog)
 # ------------------------------------------------------------------------------------------------ missing resources
 @pytest.mark.parametrize("source", ["{tmp}/models/minilm", "./models/not-here", "~/no/such/encoder"])
 def test_hub_encoder_pointing_to_a_missing_folder_names_the_folder_and_key(tmp_path, source):
-    from daamflow.encoders import materialise
+    from daamflow.data.encoders import materialise
 
     source = source.format(tmp=tmp_path)
     with pytest.raises(FileNotFoundError, match=f"local encoder folder not found: {source} \\(encoders.mini.id\\)"):
@@ -364,7 +364,7 @@ def test_hub_encoder_is_locked_on_first_download_and_verified_after(tmp_path, en
     import yaml
     from huggingface_hub import constants
 
-    from daamflow.encoders import materialise, read_encoder_info
+    from daamflow.data.encoders import materialise, read_encoder_info
 
     cache, lock = tmp_path / "hub", tmp_path / "config/encoders.lock.yaml"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
@@ -402,7 +402,7 @@ def test_encoder_jobs_updating_the_lock_file_at_once_keep_every_entry(tmp_path):
 
     import yaml
 
-    from daamflow.encoders import _locked
+    from daamflow.data.encoders import _locked
 
     lock = tmp_path / "config/encoders.lock.yaml"
 
@@ -420,7 +420,7 @@ def test_encoder_jobs_updating_the_lock_file_at_once_keep_every_entry(tmp_path):
 
 
 def test_agnews_official_files_are_checksummed(tmp_path, monkeypatch):
-    from daamflow.datasets import agnews
+    from daamflow.data.datasets import agnews
 
     assert agnews.OFFICIAL_MD5 == {  # torchtext's AG_NEWS checksums of the same two files
         f"{agnews.BASE_URL}/train.csv": "b1a00f826fdfbd249f79597b59e1dc12",

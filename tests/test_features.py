@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from daamflow.features import FeatureStoreError, load_store, write_store
+from daamflow.data.features import FeatureStoreError, load_store, write_store
 
 
 @pytest.fixture

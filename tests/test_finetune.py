@@ -16,12 +16,12 @@ from scipy.io import wavfile
 
 from conftest import MINILM, write_prepared
 from daamflow.config import validate_config
-from daamflow.finetune import (
+from daamflow.run.finetune import (
     QUIRKS, Inputs, _gradient_watch, build_model, finetune_settings, make_optimiser, parameter_counts, run_split, splits_of,
 )
-from daamflow.manifest import read_prepared
-from daamflow.fit import Interrupted, settings_hash
-from daamflow.train import run_row
+from daamflow.data.manifest import read_prepared
+from daamflow.run.fit import Interrupted, settings_hash
+from daamflow.run.train import run_row
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -348,8 +348,8 @@ def test_logits_at_padding_quirk(encoder_dir, data):
 
 def test_model_across_folds_quirk(encoder_dir, data, tmp_path):
     """The released IEMOCAP LoRA script built its model once: fold 2 starts from fold 1's final weights."""
-    from daamflow.finetune import finetune_all
-    from daamflow.manifest import sha256_file
+    from daamflow.run.finetune import finetune_all
+    from daamflow.data.manifest import sha256_file
 
     def settings_for(quirk: bool, lr: float) -> dict:
         s = finetune_settings(_config(quirks={"model_across_folds": quirk}), "llm", "lora_r4", "paper")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from daamflow.folds import carve_dev, make_splits
+from daamflow.data.folds import carve_dev, make_splits
 
 
 def _data(n_groups=12, per_group=10, classes=3, seed=0):
@@ -68,7 +68,7 @@ def test_clear_errors():
 
 
 def test_stratified_group_kfold_balances_classes_and_keeps_groups_whole():
-    from daamflow.folds import stratified_group_kfold
+    from daamflow.data.folds import stratified_group_kfold
 
     labels, groups, _ = _data(n_groups=40, per_group=5, classes=4, seed=2)
     folds = stratified_group_kfold(labels, groups, 5, seed=1)

@@ -1,4 +1,4 @@
-"""Tests of daamflow.heads: registry, conv decoder, grid rule, helpers for the training loop."""
+"""Tests of daamflow.models.heads: registry, conv decoder, grid rule, helpers for the training loop."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from daamflow.heads import (
+from daamflow.models.heads import (
     METHODS,
     build_model,
     count_parameters,

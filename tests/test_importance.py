@@ -1,10 +1,10 @@
-"""Tests of daamflow.importance (IF) against hand computations."""
+"""Tests of daamflow.analysis.importance (IF) against hand computations."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from daamflow.importance import (
+from daamflow.analysis.importance import (
     choose_layers, importance_factor, layer_share, per_layer_importance, rank_layers, select_layers,
 )
 

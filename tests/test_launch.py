@@ -1,4 +1,4 @@
-"""daamflow.launch without a cluster: the real submitit local executor, nested-submission refusal, the job record and
+"""daamflow.run.launch without a cluster: the real submitit local executor, nested-submission refusal, the job record and
 re-attachment, failure reporting, and the sbatch options (fake sbatch/squeue/scancel scripts on PATH, the way
 submitit's own tests fake SLURM). The real cluster is exercised in tests/test_slurm.py.
 """
@@ -17,7 +17,7 @@ import cloudpickle
 import pytest
 from submitit.core.utils import JobPaths, cloudpickle_dump
 
-from daamflow import launch
+from daamflow.run import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = {"kind": "local", "poll_s": 0.05}
@@ -91,8 +91,8 @@ def test_training_through_the_local_executor_equals_inline(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from daamflow.features import write_store
-    from daamflow.train import train_all
+    from daamflow.data.features import write_store
+    from daamflow.run.train import train_all
 
     rng = np.random.default_rng(0)
     labels = np.arange(40) % 2
@@ -123,7 +123,7 @@ def test_rerun_reattaches_to_a_local_job_whose_parent_was_killed(tmp_path):
 
     script = (
         "import time\n"
-        "from daamflow import launch\n"
+        "from daamflow.run import launch\n"
         "def slow(flag):\n"
         "    time.sleep(2)\n"
         "    return 'from the first job'\n"
@@ -155,7 +155,7 @@ def test_resumable_requeues_the_same_call_at_most_max_requeues_times():
 
 
 def test_digest_of_settings_is_the_training_settings_hash():
-    from daamflow.fit import settings_hash
+    from daamflow.run.fit import settings_hash
 
     settings = {"method": "mha", "hyper": {"lr": 1e-4, "grad_clip": None}, "seed": 0}
     assert launch.digest(settings) == settings_hash(settings)
@@ -361,7 +361,7 @@ def test_job_that_can_never_start_is_reported_cancelled_and_failed(fake_slurm, t
     launcher = {"kind": "slurm", "cpus_per_task": 64, "mem_gb": 1, "partition": "debug", "poll_s": 0.05,
                 "never_start_grace_s": 1.0, "log_dir": str(tmp_path / "logs")}
     start = time.monotonic()
-    with caplog.at_level("INFO", logger="daamflow.launch"), pytest.raises(launch.LaunchError) as info:
+    with caplog.at_level("INFO", logger="daamflow.run.launch"), pytest.raises(launch.LaunchError) as info:
         launch.run_calls(square, [dict(x=1)], launcher, tmp_path / "run", names=["fold1"])
     elapsed = time.monotonic() - start
     assert 1.0 <= elapsed < 10

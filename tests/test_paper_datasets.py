@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daamflow.datasets import SOURCES, cifar100, iemocap, prepare
-from daamflow.datasets.common import fetch
-from daamflow.manifest import read_prepared
+from daamflow.data.datasets import SOURCES, cifar100, iemocap, prepare
+from daamflow.data.datasets.common import fetch
+from daamflow.data.manifest import read_prepared
 from paper_fakes import AGNEWS_ROWS, make_agnews, make_cifar100, make_iemocap
 
 

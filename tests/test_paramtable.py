@@ -1,4 +1,4 @@
-"""Tests of daamflow.paramtable: the counts the paper's architecture implies, and the CLI."""
+"""Tests of daamflow.report.paramtable: the counts the paper's architecture implies, and the CLI."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from daamflow import paramtable
+from daamflow.report import paramtable
 
 
 @pytest.fixture(scope="module")

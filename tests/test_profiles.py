@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from daamflow.profiles import PROFILES, install_profile, precedence_warnings, replaced_values
+from daamflow.cli.profiles import PROFILES, install_profile, precedence_warnings, replaced_values
 from test_workflow import ROOT, snakemake
 
 SLURM_MICRO = ROOT / "tests/slurm/micro.yaml"

@@ -1,4 +1,4 @@
-"""config/published.yaml against the paper dossier (§1.10, §8), and the daamflow.published helpers."""
+"""config/published.yaml against the paper dossier (§1.10, §8), and the daamflow.report.published helpers."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from daamflow import published as P
+from daamflow.report import published as P
 
 # Run counts of the paper's protocols (dossier §6.5), stated here independently of the YAML.
 N_RUNS = {"iemocap": 5, "cifar100": 5, "agnews": 3}

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from daamflow import quirks, report
+from daamflow.report import quirks
+from daamflow.report import tables as report
 
 ROOT = Path(__file__).resolve().parents[1]
 

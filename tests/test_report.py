@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from daamflow.report import dataset_report, fold_table, load_runs, protocol_table, summary
+from daamflow.report.tables import dataset_report, fold_table, load_runs, protocol_table, summary
 
 
 def _runs(tmp_path):
@@ -66,8 +66,8 @@ def test_missing_run_table_is_named(tmp_path):
 
 # ---- the paper's tables beside ours ----------------------------------------------------------------------------
 
-from daamflow import report as R  # noqa: E402
-from daamflow.published import load_published  # noqa: E402
+from daamflow.report import tables as R  # noqa: E402
+from daamflow.report.published import load_published  # noqa: E402
 
 
 def _toy(methods: dict[str, list[float]], protocol: str = "paper", dataset: str = "toy") -> pd.DataFrame:
@@ -248,7 +248,7 @@ def test_report_cli_claims_tests_with_items_margins_and_holm(tmp_path):
 # ---- published columns of the analysis tables ----------------------------------------------------------------------
 
 def test_learned_ranges_with_published():
-    from daamflow.analysis import with_published_ranges
+    from daamflow.analysis.layers import with_published_ranges
 
     table = pd.DataFrame({"dataset": ["toy", "other"], "protocol": "paper", "method": "daam_v1",
                           "delta_min": [-0.01, 0.0], "delta_max": [0.2, 0.1], "xi_min": [1.9, 2.0], "xi_max": [2.1, 2.0]})
@@ -259,7 +259,7 @@ def test_learned_ranges_with_published():
 
 
 def test_ablation_with_published():
-    from daamflow.analysis import with_published_ablation
+    from daamflow.analysis.layers import with_published_ablation
 
     table = pd.DataFrame({"protocol": "paper", "method": "daam_v1", "selection": ["high", "low", "random", "all"],
                           "layers": ["2", "1", "2", "all"], "mean": [60.0, 55.0, 58.0, 62.0], "std": 1.0})

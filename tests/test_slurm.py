@@ -82,7 +82,7 @@ def results(slurm_cluster, tmp_path_factory):
 
 
 def test_workflow_on_slurm_matches_inline(slurm_cluster, results, tmp_path):
-    from daamflow.train import train_all
+    from daamflow.run.train import train_all
 
     methods = ["mha", "weighted_sum"]
     proc = snakemake(results, *(str(results / RUN.format(method=m) / "runs.csv") for m in methods))
@@ -113,7 +113,7 @@ def test_workflow_on_slurm_matches_inline(slurm_cluster, results, tmp_path):
 
 def test_requeued_training_resumes_with_identical_metrics(slurm_cluster, results, tmp_path):
     from daamflow.config import load_config, train_settings
-    from daamflow.train import train_all
+    from daamflow.run.train import train_all
 
     config = load_config(MICRO)
     settings = train_settings(config, "wordnet", "mha", "paper")
@@ -157,7 +157,7 @@ def test_time_limit_requeues_and_resumes_with_identical_metrics(slurm_cluster, r
     """A fold that needs more than its time limit: SLURM's USR2 ``signal_delay_s`` before the limit (not a manual
     scancel) checkpoints and requeues the job, which resumes at its next epoch and ends as an uninterrupted run."""
     from daamflow.config import load_config, train_settings
-    from daamflow.train import train_all
+    from daamflow.run.train import train_all
 
     config = load_config(MICRO)
     settings = train_settings(config, "wordnet", "mha", "paper")
@@ -226,7 +226,7 @@ def test_job_larger_than_the_node_fails_the_rule_within_the_grace_time(slurm_clu
     ({"constraint": "h100"}, "Invalid feature specification"),  # a feature no node has
 ])
 def test_request_sbatch_refuses_fails_at_once_naming_it(slurm_cluster, tmp_path, request_, refusal):
-    from daamflow import launch
+    from daamflow.run import launch
 
     launcher = {"kind": "slurm", "cpus_per_task": 1, "mem_gb": 0.5, "timeout_min": 5, "log_dir": str(tmp_path),
                 **request_}
@@ -305,7 +305,7 @@ def count_steps(path: str, steps: int, dt: float) -> int:
 
 
 def test_requeue_limit_and_early_death_are_failures(slurm_cluster, tmp_path, monkeypatch):
-    from daamflow import launch
+    from daamflow.run import launch
 
     base = {"kind": "slurm", "poll_s": 0.2, "cpus_per_task": 1, "mem_gb": 0.5, "timeout_min": 5}
     counter = tmp_path / "count"

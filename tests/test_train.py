@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from daamflow.features import write_store
-from daamflow.folds import make_splits
-from daamflow.fit import Interrupted, settings_hash
-from daamflow.train import run_split, train_all
+from daamflow.data.features import write_store
+from daamflow.data.folds import make_splits
+from daamflow.run.fit import Interrupted, settings_hash
+from daamflow.run.train import run_split, train_all
 
 N, D, C = 4, 12, 3
 
@@ -69,7 +69,7 @@ def test_paper_protocol_selects_on_the_test_part(store, tmp_path):
 
 
 def test_resume_gives_the_uninterrupted_numbers(store, tmp_path):
-    from daamflow.features import load_store
+    from daamflow.data.features import load_store
 
     s = load_store(store)
     settings = _settings(method="gqdaam", epochs=5)
@@ -109,7 +109,7 @@ def test_training_is_deterministic(store, tmp_path):
 
 
 def test_confusion_and_macro_f1_by_hand():
-    from daamflow.fit import confusion, macro_f1
+    from daamflow.run.fit import confusion, macro_f1
 
     truth = np.array([0, 0, 1, 1, 2])
     pred = np.array([0, 1, 1, 1, 0])
@@ -120,7 +120,7 @@ def test_confusion_and_macro_f1_by_hand():
 
 
 def test_clean_refit_trains_on_train_plus_dev_for_the_selected_epochs_and_resumes(store, tmp_path):
-    from daamflow.features import load_store
+    from daamflow.data.features import load_store
 
     s = load_store(store)
     plain = _settings(method="daam_v1", epochs=5)

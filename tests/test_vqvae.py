@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from daamflow import vqvae
-from daamflow.attention import MixtureDAAM
-from daamflow.vqvae import VQVAE, VectorQuantizer, VQVAEConfig
+from daamflow.vqvae import run as vqvae
+from daamflow.models.attention import MixtureDAAM
+from daamflow.vqvae.run import VQVAE, VectorQuantizer, VQVAEConfig
 
 MICRO = VQVAEConfig(
     hidden_dims=[8, 8], latent_dim=8, num_embeddings=16, daam_heads=2, daam_gaussians=2, norm_groups=2,

@@ -68,7 +68,7 @@ def test_results_match_the_golden_digests(micro_run):
 
 @pytest.mark.slow
 def test_feature_stores_and_density_maps(micro_run):
-    from daamflow.features import load_store
+    from daamflow.data.features import load_store
 
     results, config = micro_run
     for dataset, ds in config["datasets"].items():

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from daamflow.config import ConfigError
-from daamflow.datasets import SOURCES, cifar100, fashion_mnist
+from daamflow.data.datasets import SOURCES, cifar100, fashion_mnist
 
 # source -> (option, what must exist there)
 _PATHS: dict[str, list[tuple[str, str]]] = {

@@ -85,7 +85,7 @@ def if_source_run_tables(config: dict) -> list[str]:
 
 
 def other_if_source(config: dict) -> str:
-    from .importance import SOURCES
+    from daamflow.analysis.importance import SOURCES
 
     return next(s for s in SOURCES if s != config["importance"]["if_source"])
 

@@ -1,0 +1,38 @@
+"""`daamflow config`: validate a config file (as Snakemake does) and show what a stage would receive."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from daamflow.config import load_config, train_settings
+from daamflow.run.finetune import METHOD_PATTERN, finetune_settings
+from daamflow.targets import HEAD_METHODS
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="config file, e.g. config/config.yaml")
+    p.add_argument("--train", nargs=3, metavar=("DATASET", "PROTOCOL", "METHOD"),
+                   help="print the settings JSON the job of this triple gets: `daamflow train` for a head, "
+                        "`daamflow finetune` for a LoRA method (lora_r4, loraplus_r8@released, ...)")
+
+
+def main(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.train:
+        dataset, protocol, method = args.train
+        if dataset not in config["datasets"]:
+            raise SystemExit(f"unknown dataset {dataset!r}; the config has {sorted(config['datasets'])}")
+        if re.fullmatch(METHOD_PATTERN, method):
+            settings = finetune_settings(config, dataset, method, protocol)
+        elif method in HEAD_METHODS:
+            settings = train_settings(config, dataset, method, protocol)
+        else:
+            raise SystemExit(f"unknown method {method!r}: a head ({', '.join(HEAD_METHODS)}) or a LoRA method "
+                             f"(lora_r<rank> / loraplus_r<rank>, optionally @released)")
+        print(json.dumps(settings, indent=2, sort_keys=True))
+    else:
+        print(f"{args.config}: valid ({len(config['datasets'])} datasets, {len(config['methods'])} methods, "
+              f"protocols {config['protocols']})")
+    return 0

@@ -1,0 +1,407 @@
+"""One fold's training loop and run contract, shared by the heads (``train.py``) and the LoRA baselines (``finetune.py``).
+
+``fit`` trains on ``split.train``, scores ``split.select`` after every epoch (ReduceLROnPlateau steps on that accuracy,
+the earliest best epoch is kept) and rewrites ``checkpoint.pt`` atomically. Resume is exact: the global generators
+(dropout, WavLM's layer drop) and the shuffling generator are seeded by (split seed, epoch), so a run restarted at
+epoch e+1 ends with the numbers of an uninterrupted run. ``conclude`` restores the selected weights, tests them and
+writes ``model.pt``, ``history.csv`` and ``predictions.csv``; the caller writes ``metrics.json`` last, whose presence
+(with the same fold identity, see ``finished``) marks the fold done.
+
+A fold's identity (``fold_identity``) is its settings hash together with the digests of what it reads (the feature
+store's files for a head; the prepared data and the encoder weights for LoRA): a finished fold, a checkpoint and a
+queued job are reused only under the same identity, so changed data retrains. Checkpoints load with
+``weights_only=True``: a results file can hold tensors and plain containers, never code.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import pickle
+import platform
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from daamflow import __version__
+from daamflow.atomic import save_torch, write_csv
+from daamflow.config import settings_json
+from daamflow.data.folds import Split
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(RuntimeError):
+    """Raised by ``stop_after_epoch`` (tests, preemption drills) once the checkpoint of that epoch is on disk."""
+
+
+class Diverged(FloatingPointError):
+    """The training loss became NaN or infinite: the fold fails instead of reporting a model that predicts nothing."""
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha256(settings_json(settings).encode()).hexdigest()[:16]
+
+
+def fold_identity(settings: dict, inputs: dict[str, str]) -> str:
+    """The settings hash and the digests of the fold's input files (``{name: sha256}``), hashed together."""
+    text = json.dumps({"settings": settings_hash(settings), "inputs": inputs}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def versions() -> dict:
+    return {
+        "daamflow": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no GPU; use --device cpu or auto")
+    return torch.device(device)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """The released code's focal loss: mean of α·(1 − p_t + 1e-6)^γ · CE."""
+    ce = F.cross_entropy(logits, target, reduction="none")
+    p_t = torch.exp(-ce)
+    return (alpha * (1 - p_t + 1e-6) ** gamma * ce).mean()
+
+
+def use_amp(hp: dict, dev: torch.device) -> bool:
+    """Mixed precision (bfloat16 autocast, a bfloat16 frozen encoder) only on a GPU, as the paper."""
+    return hp["amp"] == "auto" and dev.type == "cuda"
+
+
+def loss_of(logits: torch.Tensor, target: torch.Tensor, hp: dict) -> torch.Tensor:
+    if hp["loss"] == "focal":
+        return focal_loss(logits, target, hp["focal_alpha"], hp["focal_gamma"])
+    return F.cross_entropy(logits, target)
+
+
+def confusion(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Rows: true class, columns: predicted class."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (truth, pred), 1)
+    return matrix
+
+
+def macro_f1(matrix: np.ndarray) -> float:
+    """Mean over classes of F1 = 2 TP / (2 TP + FP + FN); a class never seen nor predicted scores 0."""
+    tp = np.diag(matrix).astype(float)
+    denominator = 2 * tp + (matrix.sum(axis=0) - tp) + (matrix.sum(axis=1) - tp)
+    return float(np.mean(np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)))
+
+
+def finished(fold_dir: Path, identity: str) -> dict | None:
+    """The fold's metrics if it finished with this ``fold_identity``, else None.
+
+    metrics.json is written atomically, so one that does not parse was damaged from outside: an error naming it
+    rather than a silent retrain, so that the damage is seen.
+    """
+    path = Path(fold_dir) / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+        if not isinstance(metrics, dict):
+            raise ValueError(f"a JSON {type(metrics).__name__}, not an object")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a valid metrics file ({err}); it was damaged after it was written. "
+                         f"Delete it (rm {path}) to train this fold again") from err
+    return metrics if metrics.get("identity") == identity else None
+
+
+@contextlib.contextmanager
+def fold_lock(fold_dir: Path) -> Iterator[None]:
+    """Hold ``<fold_dir>/.lock`` (flock) while the fold runs: an orphaned job of an earlier run and a rerun never
+    train the same fold at once; the later one waits, then finds the fold finished."""
+    fold_dir = Path(fold_dir)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    with open(fold_dir / ".lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("%s: another process trains this fold (it holds %s); waiting for it to finish",
+                        fold_dir.name, fold_dir / ".lock")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_checkpoint(path: Path, name: str) -> dict | None:
+    """The checkpoint dict at ``path`` (on the CPU: loading it is no GPU allocation that could fail and be taken for
+    damage; ``load_state_dict`` moves the state where the model is), or None when there is none or it does not load.
+
+    Tensors and plain containers only (``weights_only=True``). Checkpoints are written atomically, so one that does
+    not load was damaged or placed from outside: it is set aside as ``checkpoint.pt.corrupt-<time>``, with a warning
+    (``name`` says whose), and the run starts over.
+    """
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict):
+            raise pickle.UnpicklingError(f"holds a {type(ckpt).__name__}, not a checkpoint dict")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        path.rename(aside)
+        why = ("it holds objects other than tensors and plain containers, refused unread: unpickling them could run "
+               "code" if isinstance(err, pickle.UnpicklingError) else str(err).splitlines()[0])
+        log.warning("%s: %s is not a loadable checkpoint (%s); set aside as %s, starting over", name, path, why, aside)
+        return None
+    return ckpt
+
+
+def load_checkpoint(path: Path, identity: str, name: str) -> dict | None:
+    """The fold checkpoint at ``path`` if it loads (``read_checkpoint``) and was written under ``identity``."""
+    ckpt = read_checkpoint(path, name)
+    if ckpt is None:
+        return None
+    if ckpt.get("identity") != identity:
+        log.warning("%s: %s was written with other settings or inputs; starting over", name, path)
+        return None
+    return ckpt
+
+
+def _slices(order: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+@dataclass
+class Fitted:
+    history: list[dict]
+    best: dict        # {"accuracy", "epoch", "state"}: the earliest epoch with the highest select accuracy
+    probe: Any        # what ``after_first_epoch`` returned (kept across a resume)
+    seconds: float    # wall time of the epochs run in this process
+    accumulated: Any = None  # what ``accumulate`` built over all epochs (kept across a resume)
+
+
+def fit(
+    model: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    split: Split,
+    labels: np.ndarray,
+    settings: dict,
+    out_dir: Path,
+    dev: torch.device,
+    *,
+    logits: Callable[[np.ndarray], torch.Tensor],
+    predict: Callable[[np.ndarray], np.ndarray],
+    weights: Callable[[], dict],
+    load_weights: Callable[[dict], None],
+    inputs: dict[str, str],
+    after_first_epoch: Callable[[], Any] | None = None,
+    accumulate: Callable[[Any], Any] | None = None,
+    batches: Callable[[np.ndarray, int, int], list[np.ndarray]] | None = None,
+    stop_after_epoch: int | None = None,
+    progress: bool = True,
+) -> Fitted:
+    """Train ``model`` on ``split`` for ``settings["hyper"]["epochs"]`` epochs, resuming from ``out_dir/checkpoint.pt``.
+
+    ``logits(rows)`` runs the model on a batch of dataset rows (in training mode, under autocast on a GPU);
+    ``predict(rows)`` returns class predictions in evaluation mode; ``weights()`` / ``load_weights(state)`` get and
+    put the weights a checkpoint keeps (a head: all; LoRA: adapters and head, never the frozen encoder);
+    ``after_first_epoch()`` runs once the first epoch's steps are done, its value is checkpointed and returned;
+    ``accumulate(value)`` runs after each epoch's selection pass with the value it returned the epoch before (None at
+    first); the value is checkpointed and returned (tensors and plain containers only);
+    ``batches(order, batch_size, seed)`` cuts an epoch's shuffled rows into batches (default: consecutive slices);
+    ``inputs`` are the digests of the fold's input files (see ``fold_identity``).
+    Raises ``Diverged`` when the loss is NaN or infinite.
+    """
+    hp = settings["hyper"]
+    identity = fold_identity(settings, inputs)
+    label = settings.get("label", settings["method"])
+    amp = use_amp(hp, dev)
+    trained = [p for group in optimiser.param_groups for p in group["params"]]
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimiser, mode="max", factor=hp["scheduler_factor"], patience=hp["scheduler_patience"]
+    )
+    start_epoch, history, best, probe = 1, [], {"accuracy": -1.0, "epoch": 0, "state": None}, None
+    accumulated = None
+    ckpt_path = out_dir / "checkpoint.pt"
+    ckpt = load_checkpoint(ckpt_path, identity, split.name)
+    if ckpt is not None:
+        load_weights(ckpt["model"])
+        optimiser.load_state_dict(ckpt["optimiser"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, history, best, probe = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"], ckpt.get("probe")
+        accumulated = ckpt.get("accumulated")
+        log.info("%s: resuming at epoch %d from %s", split.name, start_epoch, ckpt_path)
+
+    t0 = time.perf_counter()
+    bar = tqdm(range(start_epoch, hp["epochs"] + 1), desc=f"{label}/{split.name}", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        seed = split.seed * 100_003 + epoch
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        order = split.train[torch.randperm(len(split.train), generator=torch.Generator().manual_seed(seed)).numpy()]
+        total, seen = 0.0, 0
+        for step, rows in enumerate((batches or _slices)(order, hp["batch_size"], seed)):
+            y = torch.from_numpy(labels[rows].astype(np.int64)).to(dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                out = logits(rows)
+            loss = loss_of(out.float(), y, hp)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise Diverged(
+                    f"{label} {split.name}: training loss is {value} at epoch {epoch}, batch {step + 1}: the training "
+                    f"diverged. Likely causes: a learning rate too high (lr {hp['lr']}; lower training.defaults.lr "
+                    f"or the dataset's training lr in the config) or bad input features (NaN or huge values). No "
+                    f"metrics were written.")
+            # no trained parameter on the graph (the released LoRA+ on WavLM: inert q/v adapters, the head left out
+            # of the optimiser): nothing can move, the run evaluates the model as initialised, as that script did
+            if loss.requires_grad:
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                if hp.get("grad_clip"):
+                    torch.nn.utils.clip_grad_norm_(trained, hp["grad_clip"])
+                optimiser.step()
+            elif step == 0 and epoch == 1:
+                log.warning("%s: no trained parameter receives a gradient; the model stays as initialised", split.name)
+            total += value * len(rows)
+            seen += len(rows)
+        if epoch == 1 and after_first_epoch is not None:
+            probe = after_first_epoch()
+        model.eval()
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            acc = float((predict(split.select) == labels[split.select]).mean())
+        scheduler.step(acc)
+        if accumulate is not None:
+            accumulated = accumulate(accumulated)
+        history.append({"epoch": epoch, "train_loss": total / max(seen, 1), "select_accuracy": acc,
+                        "lr": optimiser.param_groups[0]["lr"]})
+        current = weights()
+        if acc > best["accuracy"]:  # strict, as the released code: the earliest best epoch wins
+            best = {"accuracy": acc, "epoch": epoch, "state": {k: v.detach().cpu().clone() for k, v in current.items()}}
+        bar.set_postfix(loss=f"{total / max(seen, 1):.3f}", sel=f"{acc:.3f}")
+        state = {
+            "epoch": epoch, "model": current, "optimiser": optimiser.state_dict(),
+            "scheduler": scheduler.state_dict(), "history": history, "best": best, "probe": probe,
+            "accumulated": accumulated, "identity": identity,
+        }
+        save_torch(ckpt_path, state)
+        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < hp["epochs"]:
+            raise Interrupted(f"{split.name}: stopped after epoch {epoch} (checkpoint saved)")
+    return Fitted(history, best, probe, time.perf_counter() - t0, accumulated)
+
+
+def conclude(
+    fitted: Fitted,
+    model: torch.nn.Module,
+    split: Split,
+    labels: np.ndarray,
+    ids: np.ndarray,
+    num_classes: int,
+    settings: dict,
+    out_dir: Path,
+    dev: torch.device,
+    *,
+    predict: Callable[[np.ndarray], np.ndarray],
+    load_weights: Callable[[dict], None],
+    inputs: dict[str, str],
+) -> dict:
+    """Restore the selected weights, test them, write model.pt, history.csv, predictions.csv; the common metrics."""
+    load_weights(fitted.best["state"])
+    save_torch(out_dir / "model.pt", fitted.best["state"])
+    model.eval()
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp(settings["hyper"], dev)):
+        pred = predict(split.test)
+    truth = labels[split.test]
+    matrix = confusion(truth, pred, num_classes)
+    write_csv(out_dir / "history.csv", pd.DataFrame(fitted.history))
+    write_csv(out_dir / "predictions.csv", pd.DataFrame({"id": ids[split.test], "label": truth, "pred": pred}))
+    return {
+        "accuracy": float((pred == truth).mean()),
+        "macro_f1": macro_f1(matrix),
+        "confusion": matrix.tolist(),
+        "support": np.bincount(truth, minlength=num_classes).tolist(),
+        "best_epoch": fitted.best["epoch"],
+        "select_accuracy": fitted.best["accuracy"],
+        "epochs_run": len(fitted.history),
+        "seed": split.seed,
+        "split": split.as_dict(),
+        "selection": "test" if settings["protocol"] == "paper" else "dev",
+        "wall_time_s": fitted.seconds,
+        "settings": settings,
+        "settings_hash": settings_hash(settings),
+        "inputs": inputs,
+        "identity": fold_identity(settings, inputs),
+        "device": str(dev),
+        "versions": versions(),
+    }
+
+
+def refits(settings: dict) -> bool:
+    """``hyper.refit`` under ``clean``: the dev split chose the epoch count, the tested model then trains on train +
+    dev. Under ``paper`` the selection part is the test part, which must never be trained on: no refit."""
+    return bool(settings["hyper"].get("refit")) and settings["protocol"] == "clean"
+
+
+def refit(
+    fitted: Fitted,
+    model: torch.nn.Module,
+    make_optimiser: Callable[[], torch.optim.Optimizer],
+    initial: dict,
+    split: Split,
+    labels: np.ndarray,
+    settings: dict,
+    out_dir: Path,
+    dev: torch.device,
+    *,
+    logits: Callable[[np.ndarray], torch.Tensor],
+    load_weights: Callable[[dict], None],
+    weights: Callable[[], dict],
+    **fit_args: Any,
+) -> tuple[Fitted, Split, dict]:
+    """Train the ``initial`` weights again on train + dev for the selected epoch count E (``fitted.best["epoch"]``).
+
+    The run is ``fit`` on a split whose training part is train + dev, with ``epochs`` = E, in ``out_dir/refit/``
+    (its own checkpoint: resumable, and deterministic as every fit). Its plateau scheduler still steps on the dev
+    accuracy, now measured on rows it trains on. Returns the Fitted to ``conclude`` (the selection run's history
+    and selection accuracy, the refit's final weights as the model to test), the refit split and the keys for
+    metrics.json: ``refit`` (True), ``refit_epochs``, ``refit_train_rows``, ``refit_rows_seen`` (rows the training
+    steps of this process consumed; None when every epoch was restored from the checkpoint), ``refit_history``.
+    """
+    epochs = fitted.best["epoch"]
+    rows = np.sort(np.concatenate([split.train, split.select]))
+    refit_split = Split(split.name, split.seed, rows, split.select, split.test,
+                        f"{split.description}; refit on train + dev for {epochs} epochs")
+    refit_settings = {**settings, "hyper": {**settings["hyper"], "epochs": epochs}}
+    seen = []
+
+    def counted(batch: np.ndarray) -> torch.Tensor:
+        seen.append(len(batch))
+        return logits(batch)
+
+    load_weights(initial)
+    out = out_dir / "refit"
+    out.mkdir(parents=True, exist_ok=True)
+    again = fit(model, make_optimiser(), refit_split, labels, refit_settings, out, dev, logits=counted,
+                load_weights=load_weights, weights=weights, **fit_args)
+    final = {k: v.detach().cpu().clone() for k, v in weights().items()}
+    record = {"refit": True, "refit_epochs": epochs, "refit_train_rows": int(len(rows)),
+              "refit_rows_seen": sum(seen) if seen else None, "refit_history": again.history}
+    tested = replace(fitted, best={"accuracy": fitted.best["accuracy"], "epoch": epochs, "state": final},
+                     seconds=fitted.seconds + again.seconds)
+    return tested, refit_split, record
