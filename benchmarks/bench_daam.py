@@ -30,7 +30,7 @@ HEADS = 8
 
 
 def loop_daam(x: torch.Tensor, mean_offset: torch.Tensor, c: torch.Tensor, heads: int, eps: float = 1e-5):
-    """The released classification code: per head, DAAM on its layer block, then concatenate (dossier §1.5)."""
+    """The released classification code: per head, DAAM on its layer block, then concatenate (docs/paper-notes.md#15-heads)."""
     per = x.shape[1] // heads
     outputs = []
     for h in range(heads):

@@ -63,7 +63,7 @@ def test_hyper_parameter_precedence(default_config):
     bare.pop("training")
     config = validate_config(bare)
     speech, text = training_hyper(config, "prosody"), training_hyper(config, "wordnet")
-    # the paper's per-modality defaults (dossier §5) ...
+    # the paper's per-modality defaults (docs/paper-notes.md#5-training-hyper-parameters) ...
     assert speech["batch_size"] == 8 and speech["loss"] == "focal" and speech["lr"] == 1e-4
     assert text["batch_size"] == 32 and text["loss"] == "cross_entropy" and text["lr"] == 5e-5
     assert speech["epochs"] == 35

@@ -1,4 +1,4 @@
-"""DVC versions the workflow's results (DESIGN §7), end to end on a copy of this repository and a micro config.
+"""DVC versions the workflow's results (docs/architecture.md#8-versioning), end to end on a copy of this repository and a micro config.
 
 repro → push → fresh clone → pull → restore modification times → the tables are regenerated without any training or
 extraction job and are bit-identical; `dvc status` is clean; `dvc exp run -S` on a config key and `dvc metrics diff`

@@ -1,4 +1,4 @@
-"""config/published.yaml against the paper dossier (§1.10, §8), and the daamflow.report.published helpers."""
+"""config/published.yaml against docs/paper-notes.md (#31-table-1-as-published, #8-published-results), and the daamflow.report.published helpers."""
 from __future__ import annotations
 
 import copy
@@ -11,9 +11,9 @@ import yaml
 
 from daamflow.report import published as P
 
-# Run counts of the paper's protocols (dossier §6.5), stated here independently of the YAML.
+# Run counts of the paper's protocols (docs/paper-notes.md#65-run-counts-and-fold-order), stated here independently of the YAML.
 N_RUNS = {"iemocap": 5, "cifar100": 5, "agnews": 3}
-# The statistics that rounding of the listed values cannot explain (dossier §8.8, checked by hand).
+# The statistics that rounding of the listed values cannot explain (docs/paper-notes.md#88-standard-deviation-convention, checked by hand).
 EXPECTED_MISMATCHES = {
     ("accuracy.iemocap.mixture", "mean"),
     ("accuracy.iemocap.mha", "std"),
@@ -30,7 +30,7 @@ def pub() -> dict:
     return P.load_published()
 
 
-# --- spot checks against the dossier -------------------------------------------------------------------------
+# --- spot checks against docs/paper-notes.md#8-published-results -------------------------------------------------------------------------
 
 def test_iemocap_daam_v1(pub):
     acc = P.published_accuracy("iemocap", "daam_v1", pub)

@@ -2,7 +2,7 @@
 sources and their modality, and the ``base@variant`` grammar of run labels.
 
 Torch-free and dependency-free: the Snakefile, the config validation, the report and the analyses import it while the
-DAG is built. The paper's side of these names (what each method is) is in docs/paper-notes.md, section 1.6.
+DAG is built. The paper's side of these names (what each method is) is in docs/paper-notes.md#16-method-definitions.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ BEST_LORA = ("lora_r4", "lora_r8")  # the paper's "best LoRA" excludes LoRA+
 
 # ---- protocols, layer selections ------------------------------------------------------------------------------------
 
-PROTOCOLS = ("paper", "clean")  # paper: the test part also selects; clean: a dev split selects (docs/paper-notes.md 6.6)
+PROTOCOLS = ("paper", "clean")  # paper: the test part also selects; clean: a dev split selects (docs/paper-notes.md#66-paper-and-clean-protocols)
 SELECTION_PART = {"paper": "test", "clean": "dev"}
 SELECTIONS = ("high", "low", "random")  # the IF-driven layer ablations: <method>@<selection>
 IF_SOURCES = ("selected", "all_epochs")

@@ -21,7 +21,7 @@ SOURCE_MODALITY = {
     "iemocap": "audio", "cifar100": "image", "agnews": "text",
 }
 
-# The paper's hyper-parameters (dossier §5). Where paper and released code disagree the comment says which is used.
+# The paper's hyper-parameters (docs/paper-notes.md#5-training-hyper-parameters). Where paper and released code disagree the comment says which is used.
 PAPER_HYPER: dict[str, Any] = {
     "epochs": 35,
     "lr": 1e-4,

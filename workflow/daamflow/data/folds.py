@@ -1,4 +1,4 @@
-"""Folds, seeded runs and the two protocols (DESIGN §5).
+"""Folds, seeded runs and the two protocols (docs/paper-notes.md#66-paper-and-clean-protocols).
 
 A *split* names three disjoint index sets of the feature store: ``train`` (fits the weights), ``select`` (chooses the
 best epoch and drives the LR schedule) and ``test`` (reported). Under the ``paper`` protocol ``select`` is the test

@@ -19,7 +19,7 @@ import yaml
 from daamflow import CHECKOUT
 
 ENV_VAR = "DAAMFLOW_PUBLISHED"
-# Registry names (DESIGN §4). Kept here rather than imported from the model registry so that reading the
+# Registry names (docs/paper-notes.md#16-method-definitions). Kept here rather than imported from the model registry so that reading the
 # published numbers never imports torch.
 METHODS = (
     "daam_v1", "daam_v2", "mixture", "gqdaam", "gqa", "mha", "mha_bn", "identity", "weighted_sum", "linear",

@@ -1,7 +1,7 @@
 """Tables and figures from the run contracts: per dataset and protocol, methods × folds/seeds in the paper's shape.
 
 Accuracies are percentages; mean ± std over folds/seeds uses the population std (ddof=0), as the paper mostly did
-(dossier §8.8). Every table is one CSV (the data) rendered to Markdown and LaTeX; ``summary.md`` links them and
+(docs/paper-notes.md#88-standard-deviation-convention). Every table is one CSV (the data) rendered to Markdown and LaTeX; ``summary.md`` links them and
 ``summary.json`` holds the headline metrics (DVC `metrics`).
 
 For a dataset that is (or stands in for) one of the paper's (``paper_dataset``), each protocol also gets the paper's

@@ -1,4 +1,4 @@
-"""LoRA / LoRA+ baselines: peft adapters on the encoder itself and a pooled linear head (dossier §4.4-4.5).
+"""LoRA / LoRA+ baselines: peft adapters on the encoder itself and a pooled linear head (docs/paper-notes.md#48-lora, docs/paper-notes.md#49-lora-plus).
 
 One call fine-tunes every fold/seed of one (dataset, encoder, protocol, method) from the *prepared data* (not the
 feature cache), with the heads' folds (``folds.make_splits`` over the manifest's label/group/split), protocols and run
@@ -58,7 +58,7 @@ RELEASED_TARGETS = {
     "llama": ["q_proj", "v_proj"],
     "bert": ["query", "value"],
 }
-# What the released heads left at random initialisation, by modality (dossier §4.4): WavLMForSequenceClassification's
+# What the released heads left at random initialisation, by modality (docs/paper-notes.md#48-lora): WavLMForSequenceClassification's
 # 256-wide projector (its classifier trained), LlamaForSequenceClassification's whole `score` head, nothing for BEiT.
 RELEASED_FROZEN_HEAD = {"audio": "projector", "text": "all", "image": "none"}
 RELEASED_PROJECTOR = 256

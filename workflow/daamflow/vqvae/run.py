@@ -1,4 +1,4 @@
-"""VQ-VAE with and without Mixture-of-DAAM residual blocks (the DAAM blog's "Advanced Applications", dossier §7).
+"""VQ-VAE with and without Mixture-of-DAAM residual blocks (the DAAM blog's "Advanced Applications", docs/paper-notes.md#7-vq-vae).
 
 Architecture (the blog leaves kernel sizes, block counts, β and the loss unstated; the choices below are the
 standard VQ-VAE ones and are the same for both variants):
