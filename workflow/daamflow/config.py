@@ -16,12 +16,10 @@ from typing import Any
 import jsonschema
 import yaml
 
-SOURCE_MODALITY = {
-    "wordnet": "text", "fashion_mnist": "image", "espeak_prosody": "audio",
-    "iemocap": "audio", "cifar100": "image", "agnews": "text",
-}
+from daamflow.catalog import SOURCE_MODALITY
 
-# The paper's hyper-parameters (docs/paper-notes.md#5-training-hyper-parameters). Where paper and released code disagree the comment says which is used.
+# The paper's hyper-parameters (docs/paper-notes.md#5-training-hyper-parameters). Where paper and released code
+# disagree the comment says which is used.
 PAPER_HYPER: dict[str, Any] = {
     "epochs": 35,
     "lr": 1e-4,

@@ -7,13 +7,14 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+from daamflow.catalog import SOURCE_MODALITY
 from daamflow.config import read_settings
 
 log = logging.getLogger(__name__)
 
 
 def _prepare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", required=True, help="dataset adapter: iemocap | cifar100 | agnews | wordnet | fashion_mnist | espeak_prosody")
+    p.add_argument("--source", required=True, choices=sorted(SOURCE_MODALITY), help="dataset adapter")
     p.add_argument("--out", required=True, type=Path, help="prepared dataset folder (manifest.csv, meta.json, inputs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--options", default="{}", help="adapter options as JSON (inline or a file), e.g. '{\"per_class\": 50}'")

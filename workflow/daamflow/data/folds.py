@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daamflow.catalog import PROTOCOLS
+
 
 @dataclass(frozen=True)
 class Split:
@@ -99,8 +101,8 @@ def make_splits(
 ) -> list[Split]:
     """All folds (scheme ``kfold``) or seeded runs (scheme ``seeds``) of one dataset under one protocol."""
     labels, groups, splits = np.asarray(labels), np.asarray(groups).astype(str), np.asarray(splits).astype(str)
-    if protocol not in ("paper", "clean"):
-        raise ValueError(f"unknown protocol {protocol!r}; expected 'paper' or 'clean'")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
     scheme = evaluation["scheme"]
     parts: list[tuple[str, int, np.ndarray, np.ndarray, str]] = []
     if scheme == "kfold":

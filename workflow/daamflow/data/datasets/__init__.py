@@ -3,9 +3,10 @@
 Sources: the paper's datasets (``iemocap`` from the user's licensed copy, ``cifar100`` and ``agnews`` downloaded once
 into a local root) and the offline demo stand-ins (``wordnet``, ``fashion_mnist``, ``espeak_prosody``).
 
-A source module exposes ``MODALITY``, ``OPTIONS`` (name → default) and
+A source module exposes ``OPTIONS`` (name → default) and
 ``build(work_dir, seed, **options) -> (manifest DataFrame, class names, versions)``; ``prepare`` validates the
-options, runs ``build`` in a temp folder and swaps it into place only when everything succeeded.
+options, runs ``build`` in a temp folder and swaps it into place only when everything succeeded. A source's modality
+is the catalog's (``daamflow.catalog.SOURCE_MODALITY``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from daamflow.catalog import SOURCE_MODALITY
 from daamflow.data.datasets import agnews, cifar100, espeak, fashion_mnist, iemocap, wordnet
 from daamflow.data.manifest import INPUT_COLUMN, MANIFEST_COLUMNS, atomic_dir, validate_manifest, write_json
 
@@ -36,7 +38,7 @@ def prepare(source: str, out_dir: Path | str, seed: int, **options) -> pd.DataFr
     """
     if source not in _MODULES:
         raise ValueError(f"unknown dataset source {source!r}; accepted: {sorted(_MODULES)}")
-    module = _MODULES[source]
+    module, modality = _MODULES[source], SOURCE_MODALITY[source]
     unknown = sorted(set(options) - set(module.OPTIONS))
     if unknown:
         raise ValueError(f"{source}: unknown options {unknown}; accepted: {sorted(module.OPTIONS)}")
@@ -44,15 +46,15 @@ def prepare(source: str, out_dir: Path | str, seed: int, **options) -> pd.DataFr
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as work:
         df, classes, versions = module.build(work, int(seed), **resolved)
-        input_column = INPUT_COLUMN[module.MODALITY]
+        input_column = INPUT_COLUMN[modality]
         extra = [c for c in df.columns if c not in MANIFEST_COLUMNS and c != input_column]
         df = df[MANIFEST_COLUMNS + [input_column] + extra].reset_index(drop=True)
-        validate_manifest(df, module.MODALITY, classes)
+        validate_manifest(df, modality, classes)
         df.to_csv(work / "manifest.csv", index=False)
         counts = df["label_name"].value_counts()
         write_json(work / "meta.json", {
             "source": source,
-            "modality": module.MODALITY,
+            "modality": modality,
             "classes": classes,
             "options": resolved,
             "seed": int(seed),

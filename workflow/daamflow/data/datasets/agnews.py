@@ -14,7 +14,6 @@ import pandas as pd
 
 from daamflow.data.datasets.common import balanced_subset, fetch
 
-MODALITY = "text"
 BASE_URL = "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv"
 CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 SIZES = {"train": 120_000, "test": 7_600}

@@ -17,7 +17,6 @@ import pandas as pd
 
 from daamflow.data.datasets.common import balanced_subset, fetch
 
-MODALITY = "image"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # published with the dataset
 ARCHIVE = "cifar-100-python.tar.gz"

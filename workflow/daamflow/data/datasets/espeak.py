@@ -21,7 +21,6 @@ from scipy.io import wavfile
 from daamflow.data.datasets import wordnet
 from daamflow.data.manifest import sha256_file
 
-MODALITY = "audio"
 SAMPLE_RATE = 16_000
 ESPEAK_RATE = 22_050  # espeak-ng's fixed output rate
 OPTIONS = {

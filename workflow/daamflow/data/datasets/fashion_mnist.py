@@ -20,7 +20,6 @@ _FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 _IMAGE_MAGIC, _LABEL_MAGIC = 2051, 2049
-MODALITY = "image"
 OPTIONS = {
     "per_class_train": 40,
     "per_class_test": 20,

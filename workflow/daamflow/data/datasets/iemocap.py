@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 from scipy.io import wavfile
 
-MODALITY = "audio"
 URL = "https://sail.usc.edu/iemocap/"
 SAMPLE_RATE = 16_000
 CHUNK_SECONDS = 5.0

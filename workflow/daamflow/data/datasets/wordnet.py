@@ -10,7 +10,6 @@ import pandas as pd
 from daamflow.data.manifest import sha256_file
 
 DEFAULT_PATH = Path("/usr/share/wordnet/data.noun")
-MODALITY = "text"
 OPTIONS = {
     "categories": ["noun.animal", "noun.plant", "noun.food", "noun.artifact"],
     "per_class": 100,
