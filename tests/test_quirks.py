@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from daamflow.report import quirks
-from daamflow.report import tables as report
+from daamflow.report import cli as report
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from daamflow.report.tables import dataset_report, fold_table, load_runs, protocol_table, summary
+from daamflow.report.runs import load_runs
+from daamflow.report.summary import summary
+from daamflow.report.dataset import dataset_report
+from daamflow.report.tables import fold_table, protocol_table
 
 
 def _runs(tmp_path):
@@ -66,7 +69,8 @@ def test_missing_run_table_is_named(tmp_path):
 
 # ---- the paper's tables beside ours ----------------------------------------------------------------------------
 
-from daamflow.report import tables as R  # noqa: E402
+from daamflow.report import curves  # noqa: E402
+from daamflow.report import paper as R  # noqa: E402
 from daamflow.report.published import load_published  # noqa: E402
 
 
@@ -161,7 +165,7 @@ def test_write_curves(tmp_path):
     probe.parent.mkdir(parents=True)
     pd.DataFrame({"layer": [1, 1, 2, 2], "fold": ["fold1", "fold2"] * 2, "accuracy": [0.5, 0.7, 0.8, 0.8]}).to_csv(
         probe, index=False)
-    written = R.write_curves([runs], [per_layer], [probe], tmp_path / "curves")
+    written = curves.write_curves([runs], [per_layer], [probe], tmp_path / "curves")
     assert {p.relative_to(tmp_path / "curves").as_posix() for p in written} == {
         "history/toy_paper_daam_v1.csv", "layers/toy_paper.csv"}
     history = pd.read_csv(tmp_path / "curves/history/toy_paper_daam_v1.csv")
@@ -169,7 +173,7 @@ def test_write_curves(tmp_path):
     assert list(history["folds"]) == [2, 2, 1]
     layers = pd.read_csv(tmp_path / "curves/layers/toy_paper.csv")
     assert list(layers["if_share_pct"]) == [25.0, 75.0] and list(layers["probe_accuracy_pct"]) == [60.0, 80.0]
-    assert R.layer_curve(per_layer, None)["probe_accuracy_pct"].isna().all()
+    assert curves.layer_curve(per_layer, None)["probe_accuracy_pct"].isna().all()
 
 
 def test_summary_with_paper_datasets_and_claims(tmp_path):

@@ -3,18 +3,9 @@
 Each accuracy claim compares two methods on the dataset that stands in for (or is) one of the paper's datasets
 (``paper_dataset`` in the config), separately under each protocol. Folds/seeds are paired by name (every method of a
 dataset sees the same splits); the effect Δ is the mean paired difference A − B in accuracy points, shown with its
-t-based (1 − 2α) confidence interval, whose ends are the bounds of the one-sided tests below.
-
-A verdict comes from a test at level α (``claims.alpha`` in the config, default 0.05), never from where an interval
-falls. With a margin ``m`` (accuracy points below which a difference does not matter; ``claims.margins``):
-
-- ``greater`` (A beats B): holds if the one-sided paired t-test rejects H0: Δ ≤ 0; does not hold if the
-  non-superiority test rejects H0: Δ ≥ m (no advantage that matters); holds wins when both reject (A is better, by
-  less than m: the reason says so).
-- ``not_worse`` (A ≥ B): holds if the non-inferiority t-test rejects H0: Δ ≤ −m; does not hold if the opposite test
-  rejects H0: Δ ≥ −m (A is worse by more than m).
-- ``equivalent`` (A ≈ B): holds if both one-sided tests (TOST) reject, i.e. H0: |Δ| ≥ m; does not hold if a
-  one-sided test shows Δ > m or Δ < −m.
+t-based (1 − 2α) confidence interval, whose ends are the bounds of the one-sided tests of
+``daamflow.report.stats``. Its verdict follows the rules there, at level α (``claims.alpha`` in the config, default
+0.05) with a margin ``m`` in accuracy points (``claims.margins``, else derived from the published stds).
 
 Each of the two p-values ("for" and "against" the claim) is Holm-adjusted over the accuracy claims of one
 (dataset, protocol), and the verdict compares the adjusted p with α, so the chance of a false "holds" (or a false
@@ -27,24 +18,26 @@ then needs both tests (the larger p counts: an intersection-union test, still of
 The published per-fold/run values get the same test (paired by position, Holm over the claims of one paper
 dataset; there are no published predictions, so no item-level test). Parameter claims compare the registry's counts
 at the paper's encoder shapes (``daamflow params``) with the published LoRA counts; the rounding of a printed count is
-carried as an interval, and a claim whose threshold falls inside it is inconclusive.
+carried as an interval, and a claim whose threshold falls inside it is inconclusive
+(``daamflow.report.parameter_claims``).
 """
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-HOLDS, FAILS, UNSURE, SKIPPED = "holds", "does not hold", "inconclusive", "skipped"
-KINDS = ("greater", "not_worse", "equivalent")
-ALPHA = 0.05
-DAAM_METHODS = ("daam_v1", "daam_v2", "mixture", "gqdaam")
-MAIN_DAAM = ("daam_v1", "daam_v2", "gqdaam")  # the main-table variants the paper's "best DAAM" is chosen from
-LORA_METHODS = ("lora_r4", "lora_r8")  # "best LoRA" in the paper's summary excludes LoRA+
+from daamflow import catalog
+from daamflow.atomic import write_json
+from daamflow.report.parameter_claims import parameter_claims
+from daamflow.report.published import load_published
+from daamflow.report.stats import (ALPHA, FAILS, HOLDS, SKIPPED, TESTS, UNSURE, claim_p_values, degenerate_reason, holm,
+                                   num, p_text, t_interval, two_sided_p, verdict)
+from daamflow.report.tables import write_table
+
 RELEASED_MHA = "mha@released"
 # what the published MHA rows measured (the released MHA.py of each dataset); ours `mha` attends over the layer tokens
 PUBLISHED_MHA = {
@@ -54,11 +47,6 @@ PUBLISHED_MHA = {
 }
 PAIRED_COLUMNS = ("dataset", "protocol", "daam", "baseline", "n", "daam_mean", "baseline_mean", "difference", "ci_low",
                   "ci_high", "p_value", "p_holm", "daam_params", "baseline_params")
-TESTS = {
-    "greater": "one-sided paired t (H0: Δ ≤ 0; against: H0: Δ ≥ m)",
-    "not_worse": "non-inferiority paired t (H0: Δ ≤ −m; against: H0: Δ ≥ −m)",
-    "equivalent": "TOST paired t (H0: |Δ| ≥ m; against: Δ > m or Δ < −m)",
-}
 
 
 @dataclass(frozen=True)
@@ -102,96 +90,6 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
-# ---- statistics ---------------------------------------------------------------------------------------------------
-
-def _degenerate(diff: np.ndarray) -> np.ndarray:
-    """Rows (last axis = pairs) on which a t-test is undefined: fewer than 2 pairs or (numerically) equal values."""
-    if diff.shape[-1] < 2:
-        return np.ones(diff.shape[:-1], dtype=bool)
-    return np.ptp(diff, axis=-1) <= 1e-9 * np.maximum(1.0, np.abs(diff).max(axis=-1))
-
-
-def _t_p(diff: np.ndarray, shift: float, alternative: str) -> np.ndarray:
-    """One-sample t-test p of mean(diff) against ``shift`` along the last axis; nan where it is undefined."""
-    from scipy import stats  # only here: scipy.stats takes most of this module's import time
-
-    bad = _degenerate(diff)
-    safe = np.where(bad[..., None], np.arange(diff.shape[-1], dtype=float), diff)  # any spread: masked below
-    with np.errstate(all="ignore"):
-        p = stats.ttest_1samp(safe, shift, axis=-1, alternative=alternative).pvalue
-    return np.where(bad, np.nan, p)
-
-
-def claim_p_values(diff, kind: str, margin: float) -> tuple[np.ndarray, np.ndarray]:
-    """(p for the claim, p against it) of paired differences A − B (last axis = pairs; any leading axes are
-    independent data sets): the tests of the module docstring; nan where the t-test is undefined."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown claim kind {kind!r}; expected one of {KINDS}")
-    if not margin > 0:
-        raise ValueError(f"margin must be > 0 accuracy points, got {margin}")
-    diff = np.asarray(diff, dtype=float)
-    if kind == "greater":
-        return _t_p(diff, 0.0, "greater"), _t_p(diff, margin, "less")
-    if kind == "not_worse":
-        return _t_p(diff, -margin, "greater"), _t_p(diff, -margin, "less")
-    return (np.fmax(_t_p(diff, -margin, "greater"), _t_p(diff, margin, "less")),
-            np.fmin(_t_p(diff, margin, "greater"), _t_p(diff, -margin, "less")))
-
-
-def two_sided_p(diff) -> np.ndarray:
-    """Two-sided paired t-test p of H0: Δ = 0 (last axis = pairs); nan where it is undefined."""
-    return _t_p(np.asarray(diff, dtype=float), 0.0, "two-sided")
-
-
-def t_interval(diff, level: float) -> tuple[float, float, float]:
-    """Mean of the differences and its two-sided t-based confidence interval at ``level`` ((nan, nan) when undefined)."""
-    from scipy import stats
-
-    diff = np.asarray(diff, dtype=float)
-    if len(diff) == 0:
-        raise ValueError("t_interval: no pairs")
-    mean = float(diff.mean())
-    if _degenerate(diff):
-        return mean, math.nan, math.nan
-    half = stats.t.ppf((1 + level) / 2, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
-    return mean, mean - half, mean + half
-
-
-def holm(p) -> np.ndarray:
-    """Holm's step-down adjusted p-values along the last axis; nan entries are no test (they stay nan and do not
-    count towards the number of tests)."""
-    p = np.asarray(p, dtype=float)
-    valid = ~np.isnan(p)
-    m = valid.sum(axis=-1, keepdims=True)
-    order = np.argsort(np.where(valid, p, np.inf), axis=-1, kind="stable")
-    ranked = np.take_along_axis(np.where(valid, p, 1.0), order, axis=-1)
-    factor = np.maximum(m - np.arange(p.shape[-1]), 1)
-    adjusted = np.minimum(1.0, np.maximum.accumulate(factor * ranked, axis=-1))
-    out = np.empty_like(adjusted)
-    np.put_along_axis(out, order, adjusted, axis=-1)
-    return np.where(valid, out, np.nan)
-
-
-def verdict(p_for, p_against, alpha: float = ALPHA):
-    """``holds`` / ``does not hold`` / ``inconclusive`` from the (adjusted) p-values for and against a claim;
-    elementwise on arrays."""
-    if not 0 < alpha < 0.5:
-        raise ValueError(f"alpha must lie in (0, 0.5), got {alpha}")
-    p_for, p_against = np.asarray(p_for, dtype=float), np.asarray(p_against, dtype=float)
-    out = np.where(p_for <= alpha, HOLDS, np.where(p_against <= alpha, FAILS, UNSURE))
-    return str(out) if out.ndim == 0 else out
-
-
-def degenerate_reason(diff) -> str:
-    """Why the t-test cannot decide on these differences ("" when it can)."""
-    diff = np.asarray(diff, dtype=float)
-    if len(diff) < 2:
-        return f"{len(diff)} pair: a t-test needs at least 2"
-    if _degenerate(diff):
-        return f"all {len(diff)} differences are {diff[0]:+.3g}: no spread, the t-test is undefined"
-    return ""
-
-
 def derived_margin(published: dict, paper_dataset: str) -> float:
     """The default margin of a paper dataset: the median of its published per-method fold/run stds (a difference
     smaller than one method's typical rerun spread is within the noise of the paper's own tables)."""
@@ -213,22 +111,18 @@ def _accuracy_by_fold(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.pivot_table(index="fold", columns="method", values="accuracy_pct", aggfunc="first")
 
 
-def _base(method: str) -> str:
-    return method.split("@", 1)[0]
-
-
 def lora_candidates(methods) -> list[str]:
     """The runs that may stand for "best LoRA": the fair LoRA r=4/r=8 runs, or their `@released` variants when no
     fair one ran (the two are different experiments; mixing them would let a quirk pick the best)."""
-    fair = [m for m in methods if m in LORA_METHODS]
-    return fair or [m for m in methods if _base(m) in LORA_METHODS and m.endswith("@released")]
+    fair = [m for m in methods if m in catalog.BEST_LORA]
+    return fair or [m for m in methods if catalog.base(m) in catalog.BEST_LORA and m.endswith("@released")]
 
 
 def _resolve(role: str, wide: pd.DataFrame, pub_summary: dict) -> tuple[str | None, str]:
     """Our method for a claim's side, and a note when it differs from the paper's choice."""
     if role not in ("best_daam", "best_lora"):
         return (role, "") if role in wide.columns else (None, f"{role} not in the config's methods")
-    family = MAIN_DAAM if role == "best_daam" else LORA_METHODS
+    family = catalog.MAIN_DAAM if role == "best_daam" else catalog.BEST_LORA
     paper_choice = pub_summary[f"{role}_method"]
     if paper_choice in wide.columns:
         return paper_choice, ""
@@ -259,7 +153,7 @@ def baseline_note(paper_dataset: str, ours: str, published: str) -> str:
 
 
 def _published_values(pub: dict, paper_dataset: str, method: str) -> list[float] | None:
-    entry = pub["accuracy"][paper_dataset]["methods"].get(_base(method))
+    entry = pub["accuracy"][paper_dataset]["methods"].get(catalog.base(method))
     return None if entry is None else [float(v) for v in entry["values"]]
 
 
@@ -321,7 +215,7 @@ def accuracy_claims(runs: pd.DataFrame, paper_of: dict[str, str], published: dic
         published: ``published.load_published()``.
         alpha: level of every test (after Holm).
         margins: accuracy points per our dataset or paper dataset (``claims.margins``); the rest are derived.
-        items: per-item correctness (:func:`load_items`) of the ``seeded`` datasets.
+        items: per-item correctness (``daamflow.report.runs.load_items``) of the ``seeded`` datasets.
         seeded: datasets with one fixed test set and seeded runs: their claims also need the item-level test.
     """
     margins = margins or {}
@@ -411,8 +305,8 @@ def paired_comparisons(runs: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame
     for (dataset, protocol), pr_runs in runs.groupby(["dataset", "protocol"], sort=True):
         wide = _accuracy_by_fold(pr_runs)
         params = pr_runs.groupby("method")["params"].first()
-        daam = [m for m in DAAM_METHODS if m in wide.columns]
-        baselines = [m for m in wide.columns if _base(m) not in DAAM_METHODS]
+        daam = [m for m in catalog.DAAM_FAMILY if m in wide.columns]
+        baselines = [m for m in wide.columns if catalog.base(m) not in catalog.DAAM_FAMILY]
         family = []
         for a in daam:
             for b in baselines:
@@ -433,121 +327,6 @@ def paired_comparisons(runs: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
-def load_items(run_tables: list[Path], datasets) -> pd.DataFrame:
-    """Per-item correctness of every run of the given datasets: the ``predictions.csv`` beside each ``runs.csv``
-    (``<run dir>/<fold>/predictions.csv``). Columns dataset, protocol, method, fold, id, correct (0/1)."""
-    frames = []
-    for table in map(Path, run_tables):
-        runs = pd.read_csv(table)
-        for r in runs[runs["dataset"].isin(list(datasets))].itertuples():
-            path = table.parent / r.fold / "predictions.csv"
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: predictions of {r.dataset} / {r.protocol} / {r.method} / {r.fold} "
-                                        "missing (the item-level test of a `seeds` dataset reads them)")
-            pred = pd.read_csv(path)
-            missing = {"id", "label", "pred"} - set(pred.columns)
-            if missing:
-                raise ValueError(f"{path}: columns {sorted(missing)} missing")
-            frames.append(pd.DataFrame({"dataset": r.dataset, "protocol": r.protocol, "method": r.method,
-                                        "fold": r.fold, "id": pred["id"],
-                                        "correct": (pred["label"] == pred["pred"]).astype(float)}))
-    columns = ["dataset", "protocol", "method", "fold", "id", "correct"]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-
-
-# ---- parameter claims ---------------------------------------------------------------------------------------------
-
-def _printed_interval(value: float) -> tuple[float, float]:
-    """The interval a printed number stands for (half a unit of its last digit either side)."""
-    text = repr(float(value))
-    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 0
-    half = 0.5 * 10 ** (-decimals)
-    return value - half, value + half
-
-
-def _interval_verdict(low: float, high: float, threshold: float, at_least: bool) -> str:
-    ok_low, ok_high = (low >= threshold, high >= threshold) if at_least else (low <= threshold, high <= threshold)
-    return HOLDS if ok_low and ok_high else FAILS if not (ok_low or ok_high) else UNSURE
-
-
-def parameter_claims(params: pd.DataFrame, published: dict) -> pd.DataFrame:
-    """The text's parameter-count claims (``text_claims`` of the published numbers), from the registry's counts at
-    the paper's encoder shapes (``params``: ``daamflow.report.paramtable.parameter_table()``) and Table 1's LoRA r=4 counts
-    (0.39M for WavLM-Large, 3.28M for Llama2-13B). A claim must hold at every shape; the least favourable one is
-    judged. Protocol-independent."""
-    lora = next(r for r in published["parameters"]["v4"]["rows"] if "lora_r4" in r["methods"])["total"]
-    shapes = list(dict.fromkeys(params["encoder"]))
-    if len(shapes) != len(lora):
-        raise ValueError(f"parameter table has {len(shapes)} encoder shapes, Table 1's LoRA row {len(lora)} values")
-
-    def count(mechanism: str, counted_prefix: str, encoder: str) -> int:
-        sel = params[(params["mechanism"] == mechanism) & params["counted"].str.startswith(counted_prefix)
-                     & (params["encoder"] == encoder)]
-        if len(sel) != 1:
-            raise ValueError(f"parameter table: expected one row for {mechanism} / {counted_prefix}… / {encoder}")
-        return int(sel["params"].iloc[0])
-
-    shape = {}
-    for encoder, lora_m in zip(shapes, lora):
-        shape[encoder] = dict(
-            lora=tuple(1e6 * v for v in _printed_interval(lora_m)),
-            daam=count("DAAMv1", "DAAM module", encoder),
-            dat_v1=count("DAAMv1", "DAAM + 2 convs", encoder),
-            dat=min(count("DAAMv1", "DAAM + 2 convs", encoder), count("DAAMv2", "DAAM + 2 convs", encoder)),
-            gqa=count("GQA", "Linear", encoder), gqdaam=count("GQDAAM", "DAAM +", encoder),
-        )
-
-    def with_lora(f, encoders=shapes):
-        """(encoder, low, high) of f(shape counts, LoRA count) over the LoRA count's rounding interval."""
-        return [(e, *sorted(f(shape[e], lo) for lo in shape[e]["lora"])) for e in encoders]
-
-    def exact(f):
-        return [(e, f(shape[e]), f(shape[e])) for e in shapes]
-
-    checks = {  # claim id -> (statement, what is compared, (encoder, low, high) per shape, note)
-        "lora_24x_daam": ("LoRA (r=4) has at least 24× DAAM's parameters", "LoRA r=4 ÷ DAAMv1 module",
-                          with_lora(lambda s, l: l / s["daam"]),
-                          "Table 1's LoRA counts are rounded to 0.01M; the unrounded WavLM-Large count (394,244 with "
-                          "its classifier) gives 24.06×"),
-        "lora_2x_dat": ("LoRA (r=4) has at least 2× the parameters of DAT (DAAM + 2 convs)", "LoRA r=4 ÷ (DAAMv1 + convs)",
-                        with_lora(lambda s, l: l / s["dat_v1"]),
-                        "Table 1's smallest LoRA count is WavLM-Large's; BEiT-Large's (with its 100-class head) is 2.08×"),
-        "daam_44pct_fewer_than_lora": ("DAAM has at least 44% fewer total parameters than LoRA",
-                                       "1 − (DAAM + convs) ÷ LoRA r=4", with_lora(lambda s, l: 100 * (1 - s["dat"] / l)),
-                                       "the smaller of DAAMv1/DAAMv2 with the two convs (Table 1's 0.22M)"),
-        "daam_overhead_on_gqa": ("DAAM adds 0.016–0.08% parameters to GQA", "DAAMv1 module ÷ GQA head (with convs)",
-                                 exact(lambda s: 100 * s["daam"] / s["gqa"]),
-                                 "a unit slip: the ratio is 1.4–2.4 percent (1.66–2.66% without the convs)"),
-        "daam_overhead_on_gqa_blog": ("DAAM adds at most 2.66% parameters to GQA (blog's correction)",
-                                      "DAAMv1 module ÷ GQA head (with convs)", exact(lambda s: 100 * s["daam"] / s["gqa"]),
-                                      "the blog divides by Linear(d,512) + GQA without the convs: 1.66–2.66%"),
-        "gqdaam_80pct_fewer_than_lora_text": ("GQDAAM matches LoRA on text with 80% fewer parameters",
-                                              "1 − GQDAAM ÷ LoRA r=4 (Llama2-13B)",
-                                              with_lora(lambda s, l: 100 * (1 - s["gqdaam"] / l), shapes[-1:]),
-                                              "GQDAAM without the classifier (3,533,352) against Table 1's 3.28M"),
-    }
-    rows = []
-    for claim_id, rec in published["text_claims"]["items"].items():
-        if claim_id not in checks:
-            raise ValueError(f"text_claims.items.{claim_id}: no check for it in daamflow.report.claims; known: {sorted(checks)}")
-        statement, compared, values, note = checks[claim_id]
-        at_least = rec["relation"] == "at_least"
-        bound = (min if at_least else max)(rec["value"]) if isinstance(rec["value"], list) else rec["value"]
-        worst = min if at_least else max  # the claim must hold for every shape: judge the least favourable one
-        low, high = worst(v[1] for v in values), worst(v[2] for v in values)
-        unit = {"times": "×", "percent": "%"}[rec["unit"]]
-        ours = "; ".join(f"{e}: {lo:.3g}" + ("" if f"{lo:.3g}" == f"{hi:.3g}" else f"–{hi:.3g}") + unit
-                         for e, lo, hi in values)
-        rows.append({
-            "claim": claim_id, "statement": statement, "source": rec["source"], "kind": "parameters",
-            "paper_dataset": "all", "protocol": "both", "compared": compared, "published_effect": float(bound),
-            "published_text": f"{'≥' if at_least else '≤'} {bound:g}{unit} (\"{rec['quote']}\")",
-            "ours_effect": low, "ci_low": low, "ci_high": high, "ours_text": ours,
-            "verdict": _interval_verdict(low, high, float(bound), at_least), "note": note,
-        })
-    return pd.DataFrame(rows)
-
-
 # ---- the claims table --------------------------------------------------------------------------------------------
 
 def claims_table(runs: pd.DataFrame, paper_of: dict[str, str], published: dict, params: pd.DataFrame,
@@ -558,14 +337,6 @@ def claims_table(runs: pd.DataFrame, paper_of: dict[str, str], published: dict, 
                       parameter_claims(params, published)], ignore_index=True)
 
 
-def _num(v, fmt: str = "+.1f") -> str:
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
-
-
-def _p(v) -> str:
-    return _num(v, ".2g") or "–"
-
-
 def display_claims(table: pd.DataFrame) -> pd.DataFrame:
     """Readable copy: claim, where, what is compared and against which baseline, the published test, ours (effect,
     (1 − 2α) t-interval, n, raw and Holm-adjusted p), the test, the margin, the verdict and why."""
@@ -574,17 +345,17 @@ def display_claims(table: pd.DataFrame) -> pd.DataFrame:
         if r["kind"] == "parameters":
             published, ours, where, test, margin = r["published_text"], r["ours_text"], "paper's shapes", "", ""
         else:
-            published = (f"{_num(r['published_effect'])} [{_num(r['published_ci_low'])}, "
-                         f"{_num(r['published_ci_high'])}], n={int(r['published_n'])}, "
-                         f"p={_p(r['published_p_for'])} (Holm {_p(r['published_p_for_holm'])})"
+            published = (f"{num(r['published_effect'])} [{num(r['published_ci_low'])}, "
+                         f"{num(r['published_ci_high'])}], n={int(r['published_n'])}, "
+                         f"p={p_text(r['published_p_for'])} (Holm {p_text(r['published_p_for_holm'])})"
                          f" → {r['published_verdict']}")
             ours = "" if r["verdict"] == SKIPPED else (
-                f"{_num(r['ours_effect'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}], n={int(r['n'])}, "
-                f"p={_p(r['p_for'])} (Holm {_p(r['p_for_holm'])})")
+                f"{num(r['ours_effect'])} [{num(r['ci_low'])}, {num(r['ci_high'])}], n={int(r['n'])}, "
+                f"p={p_text(r['p_for'])} (Holm {p_text(r['p_for_holm'])})")
             where = r["paper_dataset"] if r["verdict"] == SKIPPED and pd.isna(r.get("dataset")) else (
                 f"{r.get('dataset')} ({r.get('protocol')})")
             test = r.get("test") if isinstance(r.get("test"), str) else TESTS[r["kind"]]
-            margin = _num(r.get("margin"), ".3g")
+            margin = num(r.get("margin"), ".3g")
         out.append({"claim": r["statement"], "source": r["source"], "data (protocol)": where,
                     "compared": r.get("compared") if isinstance(r.get("compared"), str) else r["published_compared"],
                     "baseline": r.get("baseline") if isinstance(r.get("baseline"), str) else "",
@@ -599,10 +370,10 @@ def display_paired(table: pd.DataFrame) -> pd.DataFrame:
     """Readable copy of :func:`paired_comparisons`."""
     shown = table[["dataset", "protocol", "daam", "baseline", "n"]].copy()
     shown["DAAM − baseline [CI]"] = [
-        f"{_num(d)} [{_num(lo)}, {_num(hi)}]" for d, lo, hi in zip(table["difference"], table["ci_low"], table["ci_high"])
+        f"{num(d)} [{num(lo)}, {num(hi)}]" for d, lo, hi in zip(table["difference"], table["ci_low"], table["ci_high"])
     ]
-    shown["p (paired t)"] = [_p(p) for p in table["p_value"]]
-    shown["p (Holm)"] = [_p(p) for p in table["p_holm"]]
+    shown["p (paired t)"] = [p_text(p) for p in table["p_value"]]
+    shown["p (Holm)"] = [p_text(p) for p in table["p_holm"]]
     shown["params (DAAM / baseline)"] = [f"{int(a):,} / {int(b):,}" for a, b in
                                          zip(table["daam_params"], table["baseline_params"])]
     return shown
@@ -633,12 +404,32 @@ def claims_metrics(table: pd.DataFrame) -> dict:
     return metrics
 
 
-def parse_pairs(items: list[str] | None, what: str = "--paper-datasets") -> dict[str, str]:
-    """``["wordnet=agnews", ...]`` -> ``{"wordnet": "agnews"}``; a clear error naming a malformed item."""
-    out = {}
-    for item in items or []:
-        if not re.fullmatch(r"[^=\s]+=[^=\s]+", item):
-            raise ValueError(f"{what}: expected DATASET=PAPER_DATASET, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key] = value
-    return out
+def claims_report(runs: pd.DataFrame, paper_of: dict[str, str], params_csv: Path, tables_dir: Path,
+                  alpha: float = ALPHA, margins: dict | None = None, items: pd.DataFrame | None = None,
+                  seeded: frozenset[str] | set[str] = frozenset(), published: dict | None = None) -> list[Path]:
+    """``claims`` (each headline claim → published → ours per protocol → test → verdict), ``paired`` (every DAAM
+    method against every baseline, Holm-adjusted p) and ``claims.json`` (the claims' numbers, DVC ``metrics``)."""
+    pub = load_published() if published is None else published
+    table = claims_table(runs, paper_of, pub, pd.read_csv(params_csv), alpha, margins, items, seeded)
+    stand = ("; accuracy claims are evaluated on the stand-in datasets named in each row" if paper_of else "")
+    items_note = (f"; on {', '.join(sorted(seeded))} (one fixed test set) the same test also runs over the test "
+                  "items and both must reject" if seeded else "")
+    written = write_table(
+        table, Path(tables_dir) / "claims",
+        f"The paper's headline claims against our runs: mean paired difference over folds/seeds with its "
+        f"{100 * (1 - 2 * alpha):g}% t-interval, the claim's paired t-test (raw p and Holm-adjusted over the claims of "
+        f"one dataset and protocol), verdict at α={alpha:g}, margin in accuracy points{items_note}{stand}. "
+        "Parameter claims: the registry's counts at the paper's shapes, the bracket is the rounding interval of "
+        "Table 1's LoRA count",
+        shown=display_claims(table),
+    )
+    paired = paired_comparisons(runs, alpha)
+    written += write_table(
+        paired, Path(tables_dir) / "paired",
+        f"Every DAAM method against every baseline: mean paired difference in accuracy points over folds/seeds, "
+        f"{100 * (1 - alpha):g}% t-interval, two-sided paired t-test p, raw and Holm-adjusted over the comparisons "
+        "of one dataset and protocol (no verdicts), parameter counts",
+        shown=display_paired(paired),
+    )
+    write_json(Path(tables_dir) / "claims.json", claims_metrics(table))
+    return [*written, Path(tables_dir) / "claims.json"]

@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 from daamflow.models.heads import build_model, count_parameters
+from daamflow.report.tables import write_table
 
 SHAPES: tuple[tuple[str, int, int], ...] = (("WavLM/BEiT-Large", 24, 1024), ("Llama2-13B", 40, 5120))
 SHARED_RANGE = "0.22-0.45"  # Table 1's DAAMv1/DAAMv2 total: one range over both methods and both shapes
@@ -111,17 +113,27 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
     return out.rename(columns={"published": "published (M)", "difference_M": "reproduced - published (M)"})
 
 
+# counts as printed (no re-parsing of "1,234"), text left, numbers right
+MARKDOWN = {"disable_numparse": True, "colalign": ("left",) * 3 + ("right",) * 3 + ("left",)}
+
+
 def render(table: pd.DataFrame, fmt: str = "markdown") -> str:
     """The table as markdown, csv (all numeric columns) or LaTeX."""
     if fmt == "csv":
         return table.to_csv(index=False)
     if fmt == "markdown":
-        return _display(table).to_markdown(
-            index=False, disable_numparse=True, colalign=("left",) * 3 + ("right",) * 3 + ("left",)
-        )
+        return _display(table).to_markdown(index=False, **MARKDOWN)
     if fmt == "latex":
         return _display(table).to_latex(index=False)
     raise ValueError(f"unknown format {fmt!r}; choose markdown, csv or latex")
+
+
+def parameters_report(tables_dir: Path) -> list[Path]:
+    """``parameters`` (csv, md, tex): the parameter table beside the published counts, for the report."""
+    caption = ("Learnable parameters at the paper's encoder shapes (registry models, final classifier excluded as "
+               "in Table 1) beside the published counts (P Table 1, Table 3)")
+    table = parameter_table()
+    return write_table(table, Path(tables_dir) / "parameters", caption, shown=_display(table), markdown=MARKDOWN)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ on as (protocol, method) pairs, where ``{protocol}`` / ``{method}`` stand for ev
 comparison appears when both runs are in the run tables given, so a switch that was not run is left out, never
 guessed. Each row pairs the two runs fold by fold (the same fold/seed has the same test part under both) and reports
 n, the means, the mean paired difference on − off with its two-sided t-interval, and the two-sided paired t-test p
-(``claims.t_interval`` / ``claims.two_sided_p``: scipy.stats), Holm-adjusted over the rows of one dataset. No
+(``daamflow.report.stats``: scipy.stats), Holm-adjusted over the rows of one dataset. No
 verdicts: these measure the switches, they are not the paper's claims.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from daamflow.report import claims as C
+from daamflow import catalog
+from daamflow.report import stats
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ QUIRKS: tuple[Quirk, ...] = (
                       ("{method}@high_if_selected", "{method}@high"))),
     *(Quirk(f"released LoRA ({m}@released)", "the released LoRA scripts' bugs and hyper-parameters (finetune.quirks)",
             ("{protocol}", m), ("{protocol}", f"{m}@released"))
-      for m in ("lora_r4", "lora_r8", "loraplus_r4", "loraplus_r8")),
+      for m in catalog.LORA_METHODS),
 )
 
 COLUMNS = ("dataset", "quirk", "released", "method", "protocol", "off", "on", "n", "off_mean", "on_mean",
@@ -60,7 +61,7 @@ def _expand(quirk: Quirk, protocols: list[str], methods: list[str]) -> list[tupl
 
 
 def quirk_table(runs: pd.DataFrame, quirks: tuple[Quirk, ...] = QUIRKS, metric: str = "accuracy",
-                alpha: float = C.ALPHA) -> pd.DataFrame:
+                alpha: float = stats.ALPHA) -> pd.DataFrame:
     """One row per dataset × quirk × concrete pair of runs present (metric in points: accuracy × 100)."""
     missing = {"dataset", "protocol", "method", "fold", metric} - set(runs.columns)
     if missing:
@@ -80,40 +81,40 @@ def quirk_table(runs: pd.DataFrame, quirks: tuple[Quirk, ...] = QUIRKS, metric: 
                 if pairs.empty:  # no shared fold/seed: nothing to pair
                     continue
                 diff = (pairs["on"] - pairs["off"]).to_numpy()
-                effect, low, high = C.t_interval(diff, 1 - alpha)
+                effect, low, high = stats.t_interval(diff, 1 - alpha)
                 family.append({
                     "dataset": dataset, "quirk": quirk.name, "released": quirk.released,
                     "method": off[1] if off[1] == on[1] else f"{off[1]} → {on[1]}",
                     "protocol": off[0] if off[0] == on[0] else f"{off[0]} → {on[0]}",
                     "off": "/".join(off), "on": "/".join(on), "n": len(pairs),
                     "off_mean": pairs["off"].mean(), "on_mean": pairs["on"].mean(), "effect": effect,
-                    "ci_low": low, "ci_high": high, "p_value": float(C.two_sided_p(diff)),
-                    "note": C.degenerate_reason(diff),
+                    "ci_low": low, "ci_high": high, "p_value": float(stats.two_sided_p(diff)),
+                    "note": stats.degenerate_reason(diff),
                 })
-        adjusted = C.holm([r["p_value"] for r in family]) if family else []
+        adjusted = stats.holm([r["p_value"] for r in family]) if family else []
         for row, p in zip(family, adjusted):
             row["p_holm"] = float(p)
         rows += family
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def display_quirks(table: pd.DataFrame, alpha: float = C.ALPHA) -> pd.DataFrame:
+def display_quirks(table: pd.DataFrame, alpha: float = stats.ALPHA) -> pd.DataFrame:
     """Readable copy: off and on means, the effect with its interval, raw and Holm-adjusted p."""
     shown = table[["dataset", "quirk", "method", "protocol", "n"]].copy()
     shown["off"] = [f"{v:.1f}" for v in table["off_mean"]]
     shown["on"] = [f"{v:.1f}" for v in table["on_mean"]]
     level = f"{100 * (1 - alpha):g}%"
     shown[f"on − off [{level} CI]"] = [
-        f"{C._num(e)} [{C._num(lo)}, {C._num(hi)}]" if np.isfinite(lo) else f"{C._num(e)} [n/a]"
+        f"{stats.num(e)} [{stats.num(lo)}, {stats.num(hi)}]" if np.isfinite(lo) else f"{stats.num(e)} [n/a]"
         for e, lo, hi in zip(table["effect"], table["ci_low"], table["ci_high"])
     ]
-    shown["p (paired t)"] = [C._p(p) for p in table["p_value"]]
-    shown["p (Holm)"] = [C._p(p) for p in table["p_holm"]]
+    shown["p (paired t)"] = [stats.p_text(p) for p in table["p_value"]]
+    shown["p (Holm)"] = [stats.p_text(p) for p in table["p_holm"]]
     shown["note"] = table["note"].fillna("")
     return shown
 
 
-def caption(metric: str = "accuracy", alpha: float = C.ALPHA) -> str:
+def caption(metric: str = "accuracy", alpha: float = stats.ALPHA) -> str:
     return (f"Effect of each released-code quirk: {metric} (%) with the switch off vs on, paired over folds/seeds; "
             f"on − off with its two-sided {100 * (1 - alpha):g}% t-interval, two-sided paired t-test p, "
             "Holm-adjusted over the rows of each dataset")
