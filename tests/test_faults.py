@@ -217,17 +217,18 @@ def test_truncated_checkpoint_is_set_aside_and_the_fold_restarts(tmp_path, caplo
 
 
 def test_truncated_vqvae_checkpoint_is_set_aside_and_the_run_restarts(tmp_path, caplog):
-    from daamflow.vqvae import run as vqvae
+    from daamflow.vqvae.config import VQVAEConfig
+    from daamflow.vqvae.train import train_run
 
-    cfg = vqvae.VQVAEConfig(hidden_dims=[8, 8], latent_dim=8, num_embeddings=16, daam_heads=2, daam_gaussians=2,
-                            norm_groups=2, dataset="fashion_mnist", image_size=16, train_images=32, test_images=16,
-                            batch_size=16, epochs=2, lr=3e-3)
+    cfg = VQVAEConfig(hidden_dims=[8, 8], latent_dim=8, num_embeddings=16, daam_heads=2, daam_gaussians=2,
+                      norm_groups=2, dataset="fashion_mnist", image_size=16, train_images=32, test_images=16,
+                      batch_size=16, epochs=2, lr=3e-3)
     out = tmp_path / "vq"
-    assert vqvae.train_run(cfg, "plain", 0, out, threads=None, stop_after_epochs=1) is None
+    assert train_run(cfg, "plain", 0, out, threads=None, stop_after_epochs=1) is None
     ckpt = out / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     with caplog.at_level(logging.WARNING, logger="daamflow.run.fit"):
-        vqvae.train_run(cfg, "plain", 0, out, threads=None)
+        train_run(cfg, "plain", 0, out, threads=None)
     assert f"{ckpt} is not a loadable checkpoint" in caplog.text
     assert len(list(out.glob("checkpoint.pt.corrupt-*"))) == 1
     assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [0, 1, 2]  # trained from scratch

@@ -11,9 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from daamflow.vqvae import run as vqvae
 from daamflow.models.attention import MixtureDAAM
-from daamflow.vqvae.run import VQVAE, VectorQuantizer, VQVAEConfig
+from daamflow.vqvae import cli
+from daamflow.vqvae.config import VARIANTS, VQVAEConfig
+from daamflow.vqvae.data import load_datasets
+from daamflow.vqvae.metrics import codebook_perplexity, psnr, ssim
+from daamflow.vqvae.model import VQVAE, VectorQuantizer, parameter_counts
+from daamflow.vqvae.train import train_run
 
 MICRO = VQVAEConfig(
     hidden_dims=[8, 8], latent_dim=8, num_embeddings=16, daam_heads=2, daam_gaussians=2, norm_groups=2,
@@ -26,7 +30,7 @@ def _model(variant: str, cfg: VQVAEConfig = MICRO, seed: int = 0, channels: int 
     return VQVAE(cfg, variant, channels)
 
 
-@pytest.mark.parametrize("variant", vqvae.VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_shapes_through_encoder_quantiser_decoder(variant):
     model = _model(variant)
     x = torch.rand(3, 1, 16, 16)
@@ -70,7 +74,7 @@ def test_quantiser_picks_nearest_code_and_its_perplexity():
     ([3, 1], math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))),
 ])
 def test_codebook_perplexity(counts, expected):
-    assert vqvae.codebook_perplexity(torch.tensor(counts)).item() == pytest.approx(expected, rel=1e-6)
+    assert codebook_perplexity(torch.tensor(counts)).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_ema_codebook_moves_only_in_training_and_has_no_gradient():
@@ -94,7 +98,7 @@ def test_variants_differ_exactly_by_the_mixture_daam_parameters():
     daam_modules = [m for m in daam.modules() if isinstance(m, MixtureDAAM)]
     assert len(daam_modules) == n_blocks and not any(isinstance(m, MixtureDAAM) for m in plain.modules())
     assert all(m.norm_axis == 1 and m.num_heads == 4 and m.num_gaussians == 3 for m in daam_modules)
-    p, d = vqvae.parameter_counts(plain), vqvae.parameter_counts(daam)
+    p, d = parameter_counts(plain), parameter_counts(daam)
     assert d["total"] - p["total"] == d["daam"] == n_blocks * 4 * 3 * 2
     shapes = lambda m: {k: v.shape for k, v in m.named_parameters() if ".attention." not in k}
     assert shapes(plain) == shapes(daam)
@@ -103,30 +107,30 @@ def test_variants_differ_exactly_by_the_mixture_daam_parameters():
 def test_psnr_and_ssim_sanity():
     torch.manual_seed(0)
     x = torch.rand(2, 3, 20, 20)
-    assert torch.allclose(vqvae.ssim(x, x), torch.ones(2), atol=1e-6)
-    assert torch.equal(vqvae.psnr(x, x), torch.full((2,), 100.0))  # documented cap: MSE floored at 1e-10
-    assert vqvae.psnr(torch.full((1, 1, 4, 4), 0.5), torch.full((1, 1, 4, 4), 0.6)).item() == pytest.approx(20.0)
+    assert torch.allclose(ssim(x, x), torch.ones(2), atol=1e-6)
+    assert torch.equal(psnr(x, x), torch.full((2,), 100.0))  # documented cap: MSE floored at 1e-10
+    assert psnr(torch.full((1, 1, 4, 4), 0.5), torch.full((1, 1, 4, 4), 0.6)).item() == pytest.approx(20.0)
     # Constant images: variances and covariance vanish, so SSIM reduces to the luminance term.
     a, b = 0.3, 0.7
     expected = (2 * a * b + 1e-4) / (a * a + b * b + 1e-4)
-    assert vqvae.ssim(torch.full((1, 1, 16, 16), a), torch.full((1, 1, 16, 16), b)).item() == pytest.approx(expected)
+    assert ssim(torch.full((1, 1, 16, 16), a), torch.full((1, 1, 16, 16), b)).item() == pytest.approx(expected)
     noisy = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
-    s = vqvae.ssim(noisy, x)
-    assert (s < 0.9).all() and torch.allclose(s, vqvae.ssim(x, noisy))
-    assert vqvae.ssim(torch.rand(1, 1, 6, 6), torch.rand(1, 1, 6, 6)).shape == (1,)  # smaller than the window
+    s = ssim(noisy, x)
+    assert (s < 0.9).all() and torch.allclose(s, ssim(x, noisy))
+    assert ssim(torch.rand(1, 1, 6, 6), torch.rand(1, 1, 6, 6)).shape == (1,)  # smaller than the window
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Micro runs: plain and daam uninterrupted, and daam interrupted after one epoch then resumed."""
     root = tmp_path_factory.mktemp("vqvae_runs")
-    out = {v: root / v for v in vqvae.VARIANTS}
-    for v in vqvae.VARIANTS:
-        vqvae.train_run(MICRO, v, 0, out[v], threads=None)
+    out = {v: root / v for v in VARIANTS}
+    for v in VARIANTS:
+        train_run(MICRO, v, 0, out[v], threads=None)
     out["resumed"] = root / "resumed"
-    assert vqvae.train_run(MICRO, "daam", 0, out["resumed"], threads=None, stop_after_epochs=1) is None
+    assert train_run(MICRO, "daam", 0, out["resumed"], threads=None, stop_after_epochs=1) is None
     assert not (out["resumed"] / "metrics.json").exists()
-    vqvae.train_run(MICRO, "daam", 0, out["resumed"], threads=None)
+    train_run(MICRO, "daam", 0, out["resumed"], threads=None)
     return out
 
 
@@ -159,13 +163,13 @@ def test_resume_gives_the_same_final_numbers(runs):
 
 def test_checkpoint_of_another_run_is_refused(runs):
     with pytest.raises(ValueError, match="seed"):
-        vqvae.train_run(MICRO, "daam", 1, runs["resumed"], threads=None)
+        train_run(MICRO, "daam", 1, runs["resumed"], threads=None)
 
 
 def _cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    vqvae.add_arguments(parser)
-    return vqvae.main(parser.parse_args(argv))
+    cli.add_arguments(parser)
+    return cli.main(parser.parse_args(argv))
 
 
 def test_cli_train_and_table(runs, tmp_path):
@@ -209,13 +213,13 @@ def test_config_errors_name_the_field():
 def test_image_dir_errors_explain_the_layout(tmp_path):
     cfg = VQVAEConfig.from_dict({"dataset": "image_dir", "image_dir": str(tmp_path / "missing")}, MICRO)
     with pytest.raises(FileNotFoundError, match="train2017.*val2017.*train2017.zip"):
-        vqvae.load_datasets(cfg)
+        load_datasets(cfg)
     (tmp_path / "coco" / "train2017").mkdir(parents=True)
     (tmp_path / "coco" / "val2017").mkdir()
     with pytest.raises(FileNotFoundError, match="no .jpg/.png images in .*train2017"):
-        vqvae.load_datasets(VQVAEConfig.from_dict({"image_dir": str(tmp_path / "coco")}, cfg))
+        load_datasets(VQVAEConfig.from_dict({"image_dir": str(tmp_path / "coco")}, cfg))
     with pytest.raises(ValueError, match="image_dir"):
-        vqvae.load_datasets(VQVAEConfig.from_dict({"image_dir": None}, cfg))
+        load_datasets(VQVAEConfig.from_dict({"image_dir": None}, cfg))
 
 
 def test_image_dir_loader_resizes_crops_and_trains(tmp_path):
@@ -230,10 +234,10 @@ def test_image_dir_loader_resizes_crops_and_trains(tmp_path):
             Image.fromarray(arr if i % 2 else arr[..., 0]).save(root / sub / f"{i:03d}.{'png' if i % 2 else 'jpg'}")
         (root / sub / "notes.txt").write_text("ignored")
     cfg = VQVAEConfig.from_dict({"dataset": "image_dir", "image_dir": str(root), "epochs": 1, "batch_size": 2}, MICRO)
-    train, test, channels = vqvae.load_datasets(cfg)
+    train, test, channels = load_datasets(cfg)
     assert (len(train), len(test), channels) == (4, 2, 3)
     (img,) = test[1]
     assert img.shape == (3, 16, 16) and 0 <= img.min() and img.max() <= 1
     assert img[:, :, :6].max() < 0.1 and img[:, :, 10:].min() > 0.9  # centre crop of the 32×16 resize
-    m = vqvae.train_run(cfg, "daam", 0, tmp_path / "run", threads=None)
+    m = train_run(cfg, "daam", 0, tmp_path / "run", threads=None)
     assert m["image_channels"] == 3 and np.isfinite(m["metrics"]["mse"])
