@@ -5,7 +5,6 @@ import copy
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
@@ -172,39 +171,11 @@ def test_published_table_shape_and_order(pub):
     assert list(P.published_table("cifar100", pub).columns)[:5] == ["R1", "R2", "R3", "R4", "R5"]
 
 
-def test_compare_arithmetic(pub):
-    ours = pd.DataFrame(
-        {"mean": [68.0, 79.0, 55.5], "std": [1.0, float("nan"), 0.5]}, index=["daam_v1", "daam_v2", "gqa"]
-    )
-    out = P.compare(ours, "cifar100", pub)
-    assert list(out.index) == ["daam_v1", "daam_v2", "gqa"]
-    assert list(out.columns) == [
-        "ours_mean", "ours_std", "published_mean", "published_std", "delta_mean", "delta_std"
-    ]
-    assert out.loc["daam_v1", "published_mean"] == 80.3
-    assert out.loc["daam_v1", "delta_mean"] == pytest.approx(68.0 - 80.3)
-    assert out.loc["daam_v1", "delta_std"] == pytest.approx(1.0 - 0.32)
-    assert out.loc["daam_v2", "delta_mean"] == pytest.approx(79.0 - 80.6)
-    assert math.isnan(out.loc["daam_v2", "delta_std"])
-    assert out.loc[["gqa"], ["published_mean", "published_std", "delta_mean"]].isna().all(axis=None)
-    assert out.loc["gqa", "ours_mean"] == 55.5
-
-
-def test_compare_rejects_bad_input(pub):
-    with pytest.raises(ValueError, match="std"):
-        P.compare(pd.DataFrame({"mean": [67.0]}, index=["daam_v1"]), "iemocap", pub)
-    with pytest.raises(ValueError, match="fractions"):
-        P.compare(pd.DataFrame({"mean": [0.67], "std": [0.01]}, index=["daam_v1"]), "iemocap", pub)
-    with pytest.raises(ValueError, match="duplicate"):
-        P.compare(pd.DataFrame({"mean": [67.0, 66.0], "std": [1, 1]}, index=["daam_v1", "daam_v1"]), "iemocap", pub)
-
-
 @pytest.mark.parametrize(
     "call",
     [
         lambda pub: P.published_table("imagenet", pub),
         lambda pub: P.published_accuracy("imagenet", "daam_v1", pub),
-        lambda pub: P.compare(pd.DataFrame({"mean": [1.0], "std": [0.0]}, index=["mha"]), "imagenet", pub),
     ],
 )
 def test_unknown_dataset_is_a_clear_error(pub, call):
@@ -257,15 +228,20 @@ def _mutate_section(d):
     d["extra"] = {}
 
 
+def _mutate_nan(d):
+    d["accuracy"]["iemocap"]["methods"]["mha"]["std"] = float("nan")
+
+
 @pytest.mark.parametrize(
     "mutate, where",
     [
-        (_mutate_rename, "accuracy.iemocap.methods: unknown method 'daamv1'"),
+        (_mutate_rename, "accuracy.iemocap.methods: 'daamv1' is not one of ['linear'"),
         (_mutate_short, "accuracy.agnews.methods.mha.values: expected 3 values, got 2"),
-        (_mutate_typo, "accuracy.cifar100.methods.mha: missing key(s) ['mean']"),
-        (_mutate_mismatch, "meta.mismatches[0].entry"),
+        (_mutate_typo, "accuracy.cifar100.methods.mha: 'mean' is a required property"),
+        (_mutate_mismatch, "meta.mismatches[0].entry: 'accuracy.iemocap.gqa' names no record"),
         (_mutate_range, "parameters.v4.rows[0].total: range [3.55, 1.21] has min > max"),
-        (_mutate_section, "top level: unknown key(s) ['extra']"),
+        (_mutate_section, "top level: Additional properties are not allowed ('extra' was unexpected)"),
+        (_mutate_nan, "accuracy.iemocap.methods.mha.std: expected a finite number, got nan"),
     ],
 )
 def test_validation_names_the_bad_key(tmp_path, pub, mutate, where):
@@ -306,5 +282,5 @@ def test_text_claim_validation(tmp_path, pub):
     bad["text_claims"]["items"]["lora_24x_daam"]["relation"] = "about"
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad, sort_keys=False), encoding="utf-8")
-    with pytest.raises(P.PublishedError, match=r"text_claims.items.lora_24x_daam.relation: expected one of"):
+    with pytest.raises(P.PublishedError, match=r"text_claims.items.lora_24x_daam.relation: 'about' is not one of"):
         P.load_published(path)

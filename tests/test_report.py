@@ -105,6 +105,16 @@ def test_paper_table_cells_rows_and_params():
     assert shown.loc["lora_r4", "F1"] == "– (49.9)" and shown.loc["gqa", "F1"] == "1.0"
 
 
+def test_paper_table_mean_and_std_deltas():
+    table = R.paper_table(_toy({"daam_v1": [67.0, 69.0], "gqa": [55.0, 56.0]}), "cifar100",
+                          load_published()).set_index("method")
+    row = table.loc["daam_v1"]
+    assert (row["mean_ours"], row["mean_published"]) == (68.0, 80.3)
+    assert row["mean_delta"] == pytest.approx(68.0 - 80.3) and row["std_delta"] == pytest.approx(1.0 - 0.32)
+    assert table.loc["gqa", ["mean_published", "std_published", "mean_delta"]].isna().all()
+    assert table.loc["gqa", "mean_ours"] == 55.5
+
+
 def test_paper_table_unit_follows_the_paper():
     table = R.paper_table(_toy({"mha": [90.0, 91.0, 92.0, 93.0, 94.0]}), "agnews")
     assert [c for c in table.columns if c.endswith("_ours")][:5] == ["R1_ours", "R2_ours", "R3_ours", "R4_ours",

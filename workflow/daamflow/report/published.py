@@ -1,7 +1,7 @@
-"""The paper's published numbers (config/published.yaml): loading, validation and side-by-side comparison.
+"""The paper's published numbers (config/published.yaml): loading, validation and look-ups.
 
 The YAML is a transcription of the DAAM paper's tables (arXiv 2401.11143 v4 and the authors' blog version); this
-module checks its structure on load, so a typo in a method or dataset key fails loudly instead of silently
+module checks it on load against published.schema.yaml (a JSON schema, as the config), so a typo in a method or dataset key fails loudly instead of silently
 producing an empty "published" column. Accuracies are percentages. Recomputed statistics use the population std
 (ddof=0), the convention the paper mostly follows (see ``meta.std_convention`` in the YAML).
 """
@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import math
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pandas as pd
 import yaml
 
 from daamflow import CHECKOUT
+from daamflow.catalog import PAPER_DATASETS, PUBLISHED_METHODS
 
 ENV_VAR = "DAAMFLOW_PUBLISHED"
-# Registry names (docs/paper-notes.md#16-method-definitions). Kept here rather than imported from the model registry so that reading the
-# published numbers never imports torch.
-METHODS = (
-    "daam_v1", "daam_v2", "mixture", "gqdaam", "gqa", "mha", "mha_bn", "identity", "weighted_sum", "linear",
-    "lora_r4", "lora_r8", "loraplus_r4", "loraplus_r8",
-)
-DATASETS = ("iemocap", "cifar100", "agnews")
 UNITS = {"fold": "F", "run": "R"}  # unit -> column prefix of the paper's tables (F1..F5, R1..R5)
-SECTIONS = ("meta", "accuracy", "summary", "parameters", "learned_ranges", "if_ablation", "text_claims")
-TEXT_CLAIM_UNITS = ("times", "percent")
-TEXT_CLAIM_RELATIONS = ("at_least", "at_most")
 
 # Rounding bound used by `consistency`: per-run values are printed to 0.1, so each may be off by 0.05, which moves
 # a mean or a population std by at most 0.05; the printed statistic adds half a unit of its own last digit.
@@ -74,7 +67,7 @@ def load_published(path: str | os.PathLike | None = None) -> dict[str, Any]:
         )
     with p.open(encoding="utf-8") as fh:
         data = yaml.safe_load(fh)
-    _Validator(p.name).check(data)
+    _validate(data, p.name)
     return data
 
 
@@ -89,8 +82,8 @@ def published_accuracy(dataset: str, method: str, published: dict | None = None)
     """
     pub = load_published() if published is None else published
     block = _dataset_block(pub, dataset)
-    if method not in METHODS:
-        raise UnknownNameError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if method not in PUBLISHED_METHODS:
+        raise UnknownNameError(f"unknown method {method!r}; expected one of {', '.join(PUBLISHED_METHODS)}")
     entry = block["methods"].get(method)
     if entry is None:
         return None
@@ -117,56 +110,13 @@ def published_table(dataset: str, published: dict | None = None) -> pd.DataFrame
     return table
 
 
-def compare(ours: pd.DataFrame, dataset: str, published: dict | None = None) -> pd.DataFrame:
-    """Our mean/std beside the paper's, with Δ = ours − published.
-
-    Args:
-        ours: index = method name, columns ``mean`` and ``std`` (percent, as the paper).
-        dataset: ``iemocap``, ``cifar100`` or ``agnews``.
-    Returns:
-        One row per method of ``ours`` (same order), columns ``ours_mean``, ``ours_std``, ``published_mean``,
-        ``published_std``, ``delta_mean``, ``delta_std``; NaN published (and Δ) where the paper has no number.
-    """
-    pub = load_published() if published is None else published
-    block = _dataset_block(pub, dataset)
-    missing = {"mean", "std"} - set(ours.columns)
-    if missing:
-        raise ValueError(f"ours lacks column(s) {sorted(missing)}; expected index = method, columns mean and std")
-    if not ours.index.is_unique:
-        dup = sorted(set(ours.index[ours.index.duplicated()]))
-        raise ValueError(f"ours has duplicate methods {dup}; aggregate folds/runs to one row per method first")
-    means = pd.to_numeric(ours["mean"], errors="raise").astype(float)
-    finite = means[np.isfinite(means)]
-    if len(finite) and (finite.abs() <= 1.0).all():
-        raise ValueError(
-            f"ours means are all within [-1, 1] ({finite.round(4).to_dict()}): they look like fractions, "
-            "but the paper reports percent; multiply by 100"
-        )
-    nan = float("nan")
-    pub_mean = [block["methods"][m]["mean"] if m in block["methods"] else nan for m in ours.index]
-    pub_std = [block["methods"][m]["std"] if m in block["methods"] else nan for m in ours.index]
-    out = pd.DataFrame(
-        {
-            "ours_mean": means.to_numpy(),
-            "ours_std": pd.to_numeric(ours["std"], errors="raise").astype(float).to_numpy(),
-            "published_mean": np.asarray(pub_mean, dtype=float),
-            "published_std": np.asarray(pub_std, dtype=float),
-        },
-        index=pd.Index(ours.index, name="method"),
-    )
-    out["delta_mean"] = out["ours_mean"] - out["published_mean"]
-    out["delta_std"] = out["ours_std"] - out["published_std"]
-    out.attrs["source"] = block["source"]
-    return out
-
-
 def published_parameters(method: str, table: str = "v4", published: dict | None = None) -> dict[str, Any] | None:
     """The parameter-table row that covers ``method`` (``table``: ``v4``, ``mixture`` or ``older``), or None."""
     pub = load_published() if published is None else published
     if table not in pub["parameters"]:
         raise UnknownNameError(f"unknown parameter table {table!r}; expected one of {', '.join(pub['parameters'])}")
-    if method not in METHODS:
-        raise UnknownNameError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if method not in PUBLISHED_METHODS:
+        raise UnknownNameError(f"unknown method {method!r}; expected one of {', '.join(PUBLISHED_METHODS)}")
     block = pub["parameters"][table]
     for row in block["rows"]:
         if method in row["methods"]:
@@ -214,198 +164,73 @@ def _dataset_block(pub: dict, dataset: str) -> dict:
     return pub["accuracy"][dataset]
 
 
-class _Validator:
-    """Structural checks with error messages that give the dotted path of the bad key."""
+def schema() -> dict:
+    """published.schema.yaml with the catalog's method and dataset names filled in."""
+    doc = yaml.safe_load(resources.files("daamflow.report").joinpath("published.schema.yaml").read_text())
+    doc["$defs"]["method"]["enum"] = list(PUBLISHED_METHODS)
+    doc["$defs"]["dataset"]["enum"] = list(PAPER_DATASETS)
+    doc["$defs"]["every_dataset"]["required"] = list(PAPER_DATASETS)
+    return doc
 
-    def __init__(self, filename: str):
-        self.filename = filename
 
-    def fail(self, where: str, msg: str) -> None:
-        raise PublishedError(f"{self.filename}: {where}: {msg}")
+def _where(path) -> str:
+    """A dotted key path, list indices in brackets: ``meta.mismatches[0].entry``."""
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    return text or "top level"
 
-    def mapping(self, obj: Any, where: str, required: set[str], optional: set[str] = frozenset()) -> dict:
-        if not isinstance(obj, dict):
-            self.fail(where, f"expected a mapping, got {type(obj).__name__}")
-        missing = required - obj.keys()
-        if missing:
-            self.fail(where, f"missing key(s) {sorted(missing)}")
-        unknown = obj.keys() - required - optional
-        if unknown:
-            self.fail(where, f"unknown key(s) {sorted(map(str, unknown))}; allowed: {sorted(required | optional)}")
-        return obj
 
-    def number(self, obj: Any, where: str, lo: float = -math.inf, hi: float = math.inf) -> float:
-        if isinstance(obj, bool) or not isinstance(obj, (int, float)) or not math.isfinite(obj):
-            self.fail(where, f"expected a finite number, got {obj!r}")
-        if not lo <= obj <= hi:
-            self.fail(where, f"{obj} outside [{lo}, {hi}]")
-        return float(obj)
+def _validate(data: Any, filename: str) -> None:
+    """The schema, then what a schema cannot say; every problem named by its key path (PublishedError)."""
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    problems = [f"{_where(e.absolute_path)}: {e.message}" for e in errors] or _semantic_problems(data)
+    if problems:
+        raise PublishedError(f"{filename}: " + "; ".join(problems))
 
-    def text(self, obj: Any, where: str) -> str:
-        if not isinstance(obj, str) or not obj.strip():
-            self.fail(where, f"expected a non-empty string, got {obj!r}")
-        return obj
 
-    def numbers(self, obj: Any, where: str, n: int | None = None, lo: float = -math.inf, hi: float = math.inf):
-        if not isinstance(obj, list):
-            self.fail(where, f"expected a list of numbers, got {type(obj).__name__}")
-        if n is not None and len(obj) != n:
-            self.fail(where, f"expected {n} values, got {len(obj)}")
-        for i, v in enumerate(obj):
-            self.number(v, f"{where}[{i}]", lo, hi)
+def _semantic_problems(data: dict) -> list[str]:
+    """Finite numbers, per-fold/run lists of the block's length n, ranges with min <= max, and meta.mismatches
+    entries that repeat a stored value."""
+    problems = []
 
-    def range_(self, obj: Any, where: str) -> None:
-        """A [min, max] pair or a single number."""
-        if isinstance(obj, list):
-            self.numbers(obj, where, 2)
-            if obj[0] > obj[1]:
-                self.fail(where, f"range {obj} has min > max")
-        else:
-            self.number(obj, where)
+    def walk(obj, path):
+        if isinstance(obj, float) and not math.isfinite(obj):
+            problems.append(f"{_where(path)}: expected a finite number, got {obj!r}")
+        for key, sub in obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ():
+            walk(sub, [*path, key])
 
-    def method(self, name: Any, where: str) -> None:
-        if name not in METHODS:
-            self.fail(where, f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
+    walk(data, [])
 
-    def dataset(self, name: Any, where: str) -> None:
-        if name not in DATASETS:
-            self.fail(where, f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    def length(values, n, path):
+        if len(values) != n:
+            problems.append(f"{_where(path)}: expected {n} values, got {len(values)}")
 
-    def check(self, data: Any) -> None:
-        self.mapping(data, "top level", set(SECTIONS))
-        self.check_accuracy(data["accuracy"])
-        self.check_if_ablation(data["if_ablation"])
-        self.check_meta(data["meta"], data)  # after the sections its mismatch entries point into
-        self.check_summary(data["summary"])
-        self.check_parameters(data["parameters"])
-        self.check_learned_ranges(data["learned_ranges"])
-        self.check_text_claims(data["text_claims"])
+    for ds, block in data["accuracy"].items():
+        for m, rec in block["methods"].items():
+            for key in ("values", "code_values"):
+                if key in rec:
+                    length(rec[key], block["n"], ["accuracy", ds, "methods", m, key])
+    for ds, block in data["if_ablation"]["datasets"].items():
+        for side in ("high", "low"):
+            if "values" in block[side]:
+                if "n" not in block:
+                    problems.append(f"if_ablation.datasets.{ds}: per-fold values given but no 'n'")
+                else:
+                    length(block[side]["values"], block["n"], ["if_ablation", "datasets", ds, side, "values"])
 
-    def check_meta(self, meta: Any, data: dict) -> None:
-        self.mapping(
-            meta, "meta", {"arxiv", "version", "unit", "std_convention", "mismatches"},
-            {"paper", "blog", "code", "transcribed_from", "table_numbering", "borderline"},
-        )
-        if meta["unit"] != "percent":
-            self.fail("meta.unit", f"expected 'percent', got {meta['unit']!r}")
-        if not isinstance(meta["mismatches"], list):
-            self.fail("meta.mismatches", "expected a list")
-        entries = dict(_value_entries(data))
-        for i, m in enumerate(meta["mismatches"]):
-            where = f"meta.mismatches[{i}]"
-            self.mapping(m, where, {"entry", "stat", "reported", "recomputed"}, {"note"})
-            if m["entry"] not in entries:
-                self.fail(f"{where}.entry", f"{m['entry']!r} names no record with per-fold/run values")
-            if m["stat"] not in ("mean", "std"):
-                self.fail(f"{where}.stat", f"expected 'mean' or 'std', got {m['stat']!r}")
-            if float(entries[m["entry"]][m["stat"]]) != self.number(m["reported"], f"{where}.reported"):
-                self.fail(f"{where}.reported", f"{m['reported']} differs from the value stored at {m['entry']}")
-            self.number(m["recomputed"], f"{where}.recomputed")
+    ranges = [(["parameters", t, "rows", i, key], row[key]) for t, table in data["parameters"].items()
+              for i, row in enumerate(table["rows"]) for key in ("total", "daam", "overhead_pct_vs_gqa", "n_gaussians")
+              if row.get(key) is not None]
+    ranges += [(["learned_ranges", "datasets", ds, key], row[key]) for ds, row in data["learned_ranges"]["datasets"].items()
+               for key in ("delta", "xi")]
+    ranges += [(["text_claims", "items", name, "value"], rec["value"]) for name, rec in data["text_claims"]["items"].items()]
+    problems += [f"{_where(path)}: range {value} has min > max" for path, value in ranges
+                 if isinstance(value, list) and value[0] > value[1]]
 
-    def check_accuracy(self, acc: Any) -> None:
-        self.mapping(acc, "accuracy", set(DATASETS))
-        for ds, block in acc.items():
-            where = f"accuracy.{ds}"
-            self.mapping(block, where, {"source", "unit", "n", "methods"}, {"encoder", "note"})
-            self.text(block["source"], f"{where}.source")
-            if block["unit"] not in UNITS:
-                self.fail(f"{where}.unit", f"expected one of {sorted(UNITS)}, got {block['unit']!r}")
-            n = block["n"]
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                self.fail(f"{where}.n", f"expected a positive integer, got {n!r}")
-            methods = block["methods"]
-            if not isinstance(methods, dict) or not methods:
-                self.fail(f"{where}.methods", "expected a non-empty mapping method -> record")
-            for m, rec in methods.items():
-                self.method(m, f"{where}.methods")
-                self.check_record(rec, f"{where}.methods.{m}", n)
-
-    def check_record(self, rec: Any, where: str, n: int) -> None:
-        self.mapping(rec, where, {"values", "mean", "std"}, {"source", "note", "code_values"})
-        self.numbers(rec["values"], f"{where}.values", n, 0, 100)
-        self.number(rec["mean"], f"{where}.mean", 0, 100)
-        self.number(rec["std"], f"{where}.std", 0, 100)
-        if "code_values" in rec:
-            self.numbers(rec["code_values"], f"{where}.code_values", n, 0, 100)
-
-    def check_summary(self, summary: Any) -> None:
-        self.mapping(summary, "summary", {"source", "datasets"}, {"note"})
-        fields = {"modality", "mha", "best_lora", "best_lora_method", "best_daam", "best_daam_method",
-                  "delta_vs_mha", "delta_vs_lora"}
-        for ds, row in self.mapping(summary["datasets"], "summary.datasets", set(DATASETS)).items():
-            where = f"summary.datasets.{ds}"
-            self.mapping(row, where, fields)
-            for key in ("mha", "best_lora", "best_daam", "delta_vs_mha", "delta_vs_lora"):
-                self.number(row[key], f"{where}.{key}", -100, 100)
-            self.method(row["best_lora_method"], f"{where}.best_lora_method")
-            self.method(row["best_daam_method"], f"{where}.best_daam_method")
-
-    def check_parameters(self, params: Any) -> None:
-        self.mapping(params, "parameters", {"v4", "mixture", "older"})
-        for name, block in params.items():
-            where = f"parameters.{name}"
-            self.mapping(block, where, {"source", "unit", "rows"}, {"note"})
-            if block["unit"] not in ("millions", "parameters"):
-                self.fail(f"{where}.unit", f"expected 'millions' or 'parameters', got {block['unit']!r}")
-            if not isinstance(block["rows"], list) or not block["rows"]:
-                self.fail(f"{where}.rows", "expected a non-empty list")
-            for i, row in enumerate(block["rows"]):
-                rw = f"{where}.rows[{i}]"
-                self.mapping(row, rw, {"label", "methods", "total"},
-                             {"heads", "n_gaussians", "daam", "note", "overhead_pct_vs_gqa", "overhead_note"})
-                if not isinstance(row["methods"], list):
-                    self.fail(f"{rw}.methods", "expected a list of method names (may be empty)")
-                for m in row["methods"]:
-                    self.method(m, f"{rw}.methods")
-                for key in ("total", "daam", "overhead_pct_vs_gqa"):
-                    if key in row:
-                        self.range_(row[key], f"{rw}.{key}")
-                if row.get("n_gaussians") is not None:
-                    self.range_(row["n_gaussians"], f"{rw}.n_gaussians")
-
-    def check_learned_ranges(self, lr: Any) -> None:
-        self.mapping(lr, "learned_ranges", {"source", "datasets"}, {"note"})
-        for ds, row in self.mapping(lr["datasets"], "learned_ranges.datasets", set(DATASETS)).items():
-            where = f"learned_ranges.datasets.{ds}"
-            self.mapping(row, where, {"delta", "xi"}, {"modality", "variability"})
-            self.numbers(row["delta"], f"{where}.delta", 2)
-            self.numbers(row["xi"], f"{where}.xi", 2)
-            for key in ("delta", "xi"):
-                self.range_(row[key], f"{where}.{key}")
-
-    def check_if_ablation(self, ifa: Any) -> None:
-        self.mapping(ifa, "if_ablation", {"source", "datasets"}, {"layer_numbering", "note"})
-        for ds, block in self.mapping(ifa["datasets"], "if_ablation.datasets", set(DATASETS)).items():
-            where = f"if_ablation.datasets.{ds}"
-            self.mapping(block, where, {"high", "low", "difference"}, {"unit", "n", "note"})
-            self.number(block["difference"], f"{where}.difference", -100, 100)
-            for side in ("high", "low"):
-                sw = f"{where}.{side}"
-                rec = self.mapping(block[side], sw, {"layers", "mean"}, {"values", "std"})
-                layers = rec["layers"]
-                if not isinstance(layers, list) or not layers or not all(
-                    isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in layers
-                ):
-                    self.fail(f"{sw}.layers", f"expected a non-empty list of 1-based layer numbers, got {layers!r}")
-                self.number(rec["mean"], f"{sw}.mean", 0, 100)
-                if "values" in rec:
-                    if "n" not in block:
-                        self.fail(where, "per-fold values given but no 'n'")
-                    self.numbers(rec["values"], f"{sw}.values", block["n"], 0, 100)
-                if "std" in rec:
-                    self.number(rec["std"], f"{sw}.std", 0, 100)
-
-    def check_text_claims(self, tc: Any) -> None:
-        self.mapping(tc, "text_claims", {"source", "items"}, {"note"})
-        items = tc["items"]
-        if not isinstance(items, dict) or not items:
-            self.fail("text_claims.items", "expected a non-empty mapping claim id -> record")
-        for name, rec in items.items():
-            where = f"text_claims.items.{name}"
-            self.mapping(rec, where, {"value", "unit", "relation", "source", "quote"})
-            self.range_(rec["value"], f"{where}.value")
-            if rec["unit"] not in TEXT_CLAIM_UNITS:
-                self.fail(f"{where}.unit", f"expected one of {TEXT_CLAIM_UNITS}, got {rec['unit']!r}")
-            if rec["relation"] not in TEXT_CLAIM_RELATIONS:
-                self.fail(f"{where}.relation", f"expected one of {TEXT_CLAIM_RELATIONS}, got {rec['relation']!r}")
-            self.text(rec["quote"], f"{where}.quote")
+    entries = dict(_value_entries(data))
+    for i, m in enumerate(data["meta"]["mismatches"]):
+        if m["entry"] not in entries:
+            problems.append(f"meta.mismatches[{i}].entry: {m['entry']!r} names no record with per-fold/run values")
+        elif float(entries[m["entry"]][m["stat"]]) != m["reported"]:
+            problems.append(f"meta.mismatches[{i}].reported: {m['reported']} differs from the value stored at {m['entry']}")
+    return problems
