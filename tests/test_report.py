@@ -1,12 +1,15 @@
 import json
 import math
 
+import matplotlib.image
+import matplotlib.pyplot
 import numpy as np
 import pandas as pd
 import pytest
 
 from daamflow.report.runs import load_runs
 from daamflow.report.summary import summary
+from daamflow.report import figures
 from daamflow.report.dataset import dataset_report
 from daamflow.report.tables import fold_table, protocol_table
 
@@ -53,13 +56,30 @@ def test_report_files_and_summary(tmp_path):
     names = {p.name for p in written}
     for stem in ["toy_paper", "toy_clean", "toy_protocols"]:
         assert {f"{stem}.csv", f"{stem}.md", f"{stem}.tex"} <= names
-    assert (tmp_path / "figures/toy_accuracy.png").stat().st_size > 1000
+    image = matplotlib.image.imread(tmp_path / "figures/toy_accuracy.png")
+    assert image.shape == (4 * figures.DPI, 6 * figures.DPI, 4)  # 6 × 4 inches (two methods), RGBA
+    assert image[..., :3].std() > 0.05  # something is drawn, not a blank canvas
     md = (tmp_path / "tables/toy_paper.md").read_text()
     assert "70.0 ± 8.16" in md
     metrics = summary(runs, tmp_path / "tables/summary.md", tmp_path / "tables/summary.json")
     assert json.loads((tmp_path / "tables/summary.json").read_text()) == metrics
     assert metrics["toy"]["clean"]["daam_v1"]["mean"] == pytest.approx(60.0)
     assert "not** the paper's numbers" in (tmp_path / "tables/summary.md").read_text()
+
+
+def test_accuracy_plot_draws_each_protocol_and_method(tmp_path):
+    fig = figures.accuracy_plot(load_runs(_runs(tmp_path)), "toy (enc)")
+    try:
+        ax = fig.axes[0]
+        assert ax.get_title() == "toy (enc)" and ax.get_ylabel() == "accuracy (%)"
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["mha", "daam_v1"]  # the report's order
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["clean", "paper"]
+        # bars: per protocol (clean, then paper) the mean of each method; dots: every fold
+        assert [b.get_height() for b in ax.patches] == pytest.approx([50.0, 60.0, 60.0, 70.0])
+        dots = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections])
+        assert sorted(dots) == pytest.approx(sorted([40, 40, 70, 50, 60, 70, 50, 50, 80, 60, 70, 80]))
+    finally:
+        matplotlib.pyplot.close(fig)
 
 
 def test_missing_run_table_is_named(tmp_path):

@@ -12,14 +12,22 @@ import pandas as pd
 from daamflow.atomic import atomic_write
 from daamflow.report.tables import method_order
 
+DPI = 120
 
-def accuracy_figure(runs: pd.DataFrame, path: Path, title: str) -> None:
-    """Per-fold accuracy of each method (dots) with the mean (bar), one colour per protocol."""
-    import matplotlib  # here, not at module level: the table-only report jobs never draw
+
+def _pyplot():
+    import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def accuracy_plot(runs: pd.DataFrame, title: str):
+    """The figure (open: close it): per-fold accuracy of each method (dots) with the mean (bar), one colour per
+    protocol, methods in the report's order."""
+    plt = _pyplot()
     methods = method_order(runs["method"].unique())
     protocols = sorted(runs["protocol"].unique())
     width = 0.8 / len(protocols)
@@ -39,7 +47,13 @@ def accuracy_figure(runs: pd.DataFrame, path: Path, title: str) -> None:
     ax.legend(title="protocol")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def accuracy_figure(runs: pd.DataFrame, path: Path, title: str) -> None:
+    """:func:`accuracy_plot` saved to ``path`` (its suffix is the format) at ``DPI``."""
+    fig = accuracy_plot(runs, title)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: fig.savefig(p, format=path.suffix[1:], dpi=120))
-    plt.close(fig)
+    atomic_write(path, lambda p: fig.savefig(p, format=path.suffix[1:], dpi=DPI))
+    _pyplot().close(fig)
 
