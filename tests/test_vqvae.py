@@ -120,6 +120,21 @@ def test_psnr_and_ssim_sanity():
     assert ssim(torch.rand(1, 1, 6, 6), torch.rand(1, 1, 6, 6)).shape == (1,)  # smaller than the window
 
 
+def _png(path) -> np.ndarray:
+    """The image's RGB pixels; a drawn figure, not a blank canvas: dark and light pixels both present."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    assert pixels.min() < 64 and pixels.max() > 192
+    return pixels
+
+
+def _grid_pixels(rows: int, images: int = 8, dpi: int = 150) -> tuple[int, int]:
+    """(height, width) of a reconstruction mosaic: 0.9 in per image across, 0.9 in per row down."""
+    return round((0.9 * rows + 0.3) * dpi), round(max(4.0, 0.9 * images + 1.5) * dpi)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Micro runs: plain and daam uninterrupted, and daam interrupted after one epoch then resumed."""
@@ -139,8 +154,10 @@ def test_training_improves_reconstruction_and_writes_outputs(runs):
     assert history["epoch"].tolist() == [0, 1, 2]  # 0 = the untrained model
     assert history["test_mse"].iloc[-1] < 0.8 * history["test_mse"].iloc[0]
     assert history["train_recon_mse"].iloc[2] < history["train_recon_mse"].iloc[1]
-    for name in ("metrics.json", "loss_curves.png", "reconstructions.png", "samples.npz", "model.pt", "checkpoint.pt"):
+    for name in ("metrics.json", "samples.npz", "model.pt", "checkpoint.pt"):
         assert (runs["daam"] / name).stat().st_size > 0
+    assert _png(runs["daam"] / "loss_curves.png").shape == (432, 1200, 3)  # two panels: 10 × 3.6 in at 120 dpi
+    assert _png(runs["daam"] / "reconstructions.png").shape[:2] == _grid_pixels(rows=2)
     m = json.loads((runs["daam"] / "metrics.json").read_text())
     assert m["variant"] == "daam" and m["seed"] == 0 and m["config"]["hidden_dims"] == [8, 8]
     assert m["parameters"]["daam"] == 4 * 2 * 2 * 2 and m["n_test"] == 16 and m["wall_time_s"] > 0
@@ -192,7 +209,7 @@ def test_cli_train_and_table(runs, tmp_path):
     assert table.loc["daam", "params_total"] - table.loc["plain", "params_total"] == table.loc["daam", "params_daam"]
     text = md.read_text()
     assert "±" in text and "| plain" in text and "| daam" in text
-    assert grid.stat().st_size > 0
+    assert _png(grid).shape[:2] == _grid_pixels(rows=3)  # originals, plain, daam
 
 
 def test_config_errors_name_the_field():

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def evaluate(model: VQVAE, loader: DataLoader, device: torch.device | str = "cpu", keep: int = 0) -> dict[str, Any]:
+def evaluate(model: VQVAE, batches: DataLoader, device: torch.device | str = "cpu", keep: int = 0) -> dict[str, Any]:
     """Held-out metrics; reconstructions clamped to [0, 1]. ``keep`` first images are returned under "samples".
 
     mse is the mean over all pixels; psnr and ssim are means of per-image values; perplexity and usage are over the
@@ -44,7 +44,7 @@ def evaluate(model: VQVAE, loader: DataLoader, device: torch.device | str = "cpu
     sq_err = psnr_sum = ssim_sum = 0.0
     n_img = n_px = 0
     originals, recons = [], []
-    for (x,) in loader:
+    for (x,) in batches:
         x = x.to(device)
         out = model(x)
         r = out.reconstruction.clamp(0.0, 1.0)
@@ -110,24 +110,14 @@ def train_run(cfg: VQVAEConfig, variant: str, seed: int, out_dir: Path | str, *,
     identity = {"config": dataclasses.asdict(cfg), "variant": variant, "seed": seed}
 
     ckpt_path = out / "checkpoint.pt"
-    history: list[dict[str, float]] = []
-    start_epoch, wall = 1, 0.0
-    state = read_checkpoint(ckpt_path, variant)
+    state = _resume(ckpt_path, identity, model, optimizer)
     if state is not None:
-        mismatched = [k for k in identity if state["identity"][k] != identity[k]]
-        if mismatched:
-            raise ValueError(
-                f"{ckpt_path} belongs to a run with a different {', '.join(mismatched)}; "
-                "delete it or choose another --out"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         history, wall, start_epoch = state["history"], state["wall_time_s"], state["epoch"] + 1
         log.info("resuming %s from epoch %d (%s)", variant, start_epoch, ckpt_path)
     else:
         t0 = time.perf_counter()
-        history.append({"epoch": 0, **_epoch_eval(model, test_loader, device)})  # the untrained model, for the curve
-        wall += time.perf_counter() - t0
+        history = [{"epoch": 0, **_epoch_eval(model, test_loader, device)}]  # the untrained model, for the curve
+        start_epoch, wall = 1, time.perf_counter() - t0
 
     done_now = 0
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -173,8 +163,27 @@ def train_run(cfg: VQVAEConfig, variant: str, seed: int, out_dir: Path | str, *,
     return metrics
 
 
-def _epoch_eval(model: VQVAE, loader: DataLoader, device: torch.device | str) -> dict[str, float]:
-    m = evaluate(model, loader, device)
+def _resume(ckpt_path: Path, identity: dict[str, Any], model: VQVAE, optimizer: torch.optim.Optimizer
+            ) -> dict[str, Any] | None:
+    """The checkpoint's state, its weights and optimiser state loaded, or None (no loadable checkpoint).
+
+    One of another config, variant or seed is an error rather than a fresh start: ``--out`` names one run's folder.
+    """
+    state = read_checkpoint(ckpt_path, identity["variant"])
+    if state is None:
+        return None
+    mismatched = [k for k in identity if state["identity"][k] != identity[k]]
+    if mismatched:
+        raise ValueError(
+            f"{ckpt_path} belongs to a run with a different {', '.join(mismatched)}; delete it or choose another --out"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state
+
+
+def _epoch_eval(model: VQVAE, batches: DataLoader, device: torch.device | str) -> dict[str, float]:
+    m = evaluate(model, batches, device)
     return {f"test_{k}": m[k] for k in ("mse", "psnr", "ssim", "perplexity", "codebook_usage")}
 
 
