@@ -9,6 +9,7 @@ import pytest
 
 from daamflow import catalog
 from daamflow.report import claims as C
+from daamflow.report import paired
 from daamflow.report import stats as S
 from daamflow.report.parameter_claims import parameter_claims
 from daamflow.report.runs import load_items
@@ -191,13 +192,13 @@ def test_paired_comparisons_cover_every_daam_baseline_pair():
         ("paper", "daam_v1"): [70, 72], ("paper", "mixture"): [71, 70], ("paper", "mha"): [60, 65],
         ("paper", "linear"): [50, 52],
     })
-    table = C.paired_comparisons(runs)
+    table = paired.paired_comparisons(runs)
     assert {(r.daam, r.baseline) for r in table.itertuples()} == {
         ("daam_v1", "mha"), ("daam_v1", "linear"), ("mixture", "mha"), ("mixture", "linear")}
     row = table.set_index(["daam", "baseline"]).loc[("daam_v1", "linear")]
     assert row["difference"] == pytest.approx(20.0) and row["n"] == 2
     assert row["daam_params"] == 100 and row["baseline_params"] == 1000
-    assert C.display_paired(table)["DAAM − baseline [CI]"].str.startswith("+").all()
+    assert paired.display_paired(table)["DAAM − baseline [CI]"].str.startswith("+").all()
 
 
 def test_paired_comparisons_report_holm_adjusted_p():
@@ -205,7 +206,7 @@ def test_paired_comparisons_report_holm_adjusted_p():
         ("paper", "daam_v1"): [70, 72, 69, 75], ("paper", "mha"): [60, 65, 66, 64], ("paper", "linear"): [69, 73, 70, 74],
         ("clean", "daam_v1"): [70, 72, 69, 75], ("clean", "mha"): [60, 65, 66, 64],
     })
-    table = C.paired_comparisons(runs).set_index(["protocol", "baseline"])
+    table = paired.paired_comparisons(runs).set_index(["protocol", "baseline"])
     from scipy import stats
 
     raw = [stats.ttest_rel([70, 72, 69, 75], b).pvalue for b in ([60, 65, 66, 64], [69, 73, 70, 74])]
@@ -217,9 +218,9 @@ def test_paired_comparisons_report_holm_adjusted_p():
 
 
 def test_paired_comparisons_without_pairs_is_an_empty_table():
-    table = C.paired_comparisons(_runs({("paper", "mha"): [60, 65]}))
+    table = paired.paired_comparisons(_runs({("paper", "mha"): [60, 65]}))
     assert table.empty and "difference" in table.columns
-    assert C.display_paired(table).empty
+    assert paired.display_paired(table).empty
 
 
 # ---- parameter claims -------------------------------------------------------------------------------------------
@@ -283,7 +284,7 @@ def test_methods_without_shared_folds_are_skipped(pub):
     runs.loc[runs["method"] == "mha", "fold"] = ["run7", "run8"]
     row = C.accuracy_claims(runs, {"toy": "iemocap"}, pub).set_index("claim").loc["daam_beats_mha_speech"]
     assert row["verdict"] == S.SKIPPED and "share no fold/seed" in row["note"]
-    assert C.paired_comparisons(runs).empty
+    assert paired.paired_comparisons(runs).empty
 
 
 # ---- which baseline; the item-level test; Holm over a claim family ---------------------------------------------

@@ -32,10 +32,12 @@ import pandas as pd
 
 from daamflow import catalog
 from daamflow.atomic import write_json
+from daamflow.report.paired import display_paired, paired_comparisons
 from daamflow.report.parameter_claims import parameter_claims
 from daamflow.report.published import load_published
+from daamflow.report.runs import accuracy_by_fold
 from daamflow.report.stats import (ALPHA, FAILS, HOLDS, SKIPPED, TESTS, UNSURE, claim_p_values, degenerate_reason, holm,
-                                   num, p_text, t_interval, two_sided_p, verdict)
+                                   num, p_text, t_interval, verdict)
 from daamflow.report.tables import write_table
 
 RELEASED_MHA = "mha@released"
@@ -45,8 +47,6 @@ PUBLISHED_MHA = {
     "cifar100": "the released MHA (attention across the mini-batch)",
     "agnews": "the released MHA (attention across the mini-batch)",
 }
-PAIRED_COLUMNS = ("dataset", "protocol", "daam", "baseline", "n", "daam_mean", "baseline_mean", "difference", "ci_low",
-                  "ci_high", "p_value", "p_holm", "daam_params", "baseline_params")
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,6 @@ def margin_for(dataset: str | None, paper_dataset: str, margins: dict, published
 
 
 # ---- accuracy claims on our runs ------------------------------------------------------------------------------------
-
-def _accuracy_by_fold(runs: pd.DataFrame) -> pd.DataFrame:
-    """fold × method accuracy (percent) of one dataset and protocol."""
-    return runs.pivot_table(index="fold", columns="method", values="accuracy_pct", aggfunc="first")
-
 
 def lora_candidates(methods) -> list[str]:
     """The runs that may stand for "best LoRA": the fair LoRA r=4/r=8 runs, or their `@released` variants when no
@@ -247,7 +242,7 @@ def accuracy_claims(runs: pd.DataFrame, paper_of: dict[str, str], published: dic
         for dataset in datasets:
             margin, source = margin_for(dataset, claim.paper_dataset, margins, published)
             for protocol, pr_runs in runs[runs["dataset"] == dataset].groupby("protocol", sort=True):
-                wide = _accuracy_by_fold(pr_runs)
+                wide = accuracy_by_fold(pr_runs)
                 for b in _baselines(claim, wide):
                     row = {**base, "dataset": dataset, "protocol": protocol, "margin": margin, "margin_source": source,
                            "alpha": alpha, **_compare(claim, b, dataset, protocol, pr_runs, wide, published, margin, alpha,
@@ -297,36 +292,6 @@ def _compare(claim: Claim, b_role: str, dataset: str, protocol: str, runs: pd.Da
     }
 
 
-def paired_comparisons(runs: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
-    """Every DAAM method against every baseline, per dataset and protocol: n, means, mean paired difference, its
-    two-sided (1 − α) t-interval, the two-sided paired t-test p, that p Holm-adjusted over the (dataset, protocol)'s
-    comparisons, and both parameter counts. No verdicts: these are not the paper's claims."""
-    rows = []
-    for (dataset, protocol), pr_runs in runs.groupby(["dataset", "protocol"], sort=True):
-        wide = _accuracy_by_fold(pr_runs)
-        params = pr_runs.groupby("method")["params"].first()
-        daam = [m for m in catalog.DAAM_FAMILY if m in wide.columns]
-        baselines = [m for m in wide.columns if catalog.base(m) not in catalog.DAAM_FAMILY]
-        family = []
-        for a in daam:
-            for b in baselines:
-                pairs = wide[[a, b]].dropna()
-                if pairs.empty:  # no shared fold/seed: nothing to pair
-                    continue
-                diff = (pairs[a] - pairs[b]).to_numpy()
-                effect, low, high = t_interval(diff, 1 - alpha)
-                family.append({
-                    "dataset": dataset, "protocol": protocol, "daam": a, "baseline": b, "n": len(pairs),
-                    "daam_mean": pairs[a].mean(), "baseline_mean": pairs[b].mean(), "difference": effect,
-                    "ci_low": low, "ci_high": high, "p_value": float(two_sided_p(diff)),
-                    "daam_params": params[a], "baseline_params": params[b],
-                })
-        for r, p in zip(family, holm([r["p_value"] for r in family]) if family else []):
-            r["p_holm"] = float(p)
-        rows += family
-    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
-
-
 # ---- the claims table --------------------------------------------------------------------------------------------
 
 def claims_table(runs: pd.DataFrame, paper_of: dict[str, str], published: dict, params: pd.DataFrame,
@@ -364,19 +329,6 @@ def display_claims(table: pd.DataFrame) -> pd.DataFrame:
                     "reason / note": "; ".join(n for n in (r.get("reason"), r.get("note"), r.get("published_note"))
                                                if isinstance(n, str) and n)})
     return pd.DataFrame(out)
-
-
-def display_paired(table: pd.DataFrame) -> pd.DataFrame:
-    """Readable copy of :func:`paired_comparisons`."""
-    shown = table[["dataset", "protocol", "daam", "baseline", "n"]].copy()
-    shown["DAAM − baseline [CI]"] = [
-        f"{num(d)} [{num(lo)}, {num(hi)}]" for d, lo, hi in zip(table["difference"], table["ci_low"], table["ci_high"])
-    ]
-    shown["p (paired t)"] = [p_text(p) for p in table["p_value"]]
-    shown["p (Holm)"] = [p_text(p) for p in table["p_holm"]]
-    shown["params (DAAM / baseline)"] = [f"{int(a):,} / {int(b):,}" for a, b in
-                                         zip(table["daam_params"], table["baseline_params"])]
-    return shown
 
 
 def claims_metrics(table: pd.DataFrame) -> dict:

@@ -41,3 +41,8 @@ def load_items(run_tables: list[Path], datasets) -> pd.DataFrame:
                                         "correct": (pred["label"] == pred["pred"]).astype(float)}))
     columns = ["dataset", "protocol", "method", "fold", "id", "correct"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def accuracy_by_fold(runs: pd.DataFrame) -> pd.DataFrame:
+    """fold × method accuracy (percent) of one dataset and protocol: what the paired tests pair."""
+    return runs.pivot_table(index="fold", columns="method", values="accuracy_pct", aggfunc="first")
