@@ -40,7 +40,7 @@ from daamflow.report.stats import (ALPHA, FAILS, HOLDS, SKIPPED, TESTS, UNSURE, 
                                    num, p_text, t_interval, verdict)
 from daamflow.report.tables import write_table
 
-RELEASED_MHA = "mha@released"
+RELEASED_MHA = catalog.label("mha", catalog.RELEASED)
 # what the published MHA rows measured (the released MHA.py of each dataset); ours `mha` attends over the layer tokens
 PUBLISHED_MHA = {
     "iemocap": "the released MHA (layer 23 only, attention across the mini-batch, 1-channel conv head)",
@@ -110,7 +110,8 @@ def lora_candidates(methods) -> list[str]:
     """The runs that may stand for "best LoRA": the fair LoRA r=4/r=8 runs, or their `@released` variants when no
     fair one ran (the two are different experiments; mixing them would let a quirk pick the best)."""
     fair = [m for m in methods if m in catalog.BEST_LORA]
-    return fair or [m for m in methods if catalog.base(m) in catalog.BEST_LORA and m.endswith("@released")]
+    released = [m for m in methods if catalog.base(m) in catalog.BEST_LORA and catalog.variant(m) == catalog.RELEASED]
+    return fair or released
 
 
 def _resolve(role: str, wide: pd.DataFrame, pub_summary: dict) -> tuple[str | None, str]:
@@ -205,7 +206,7 @@ def accuracy_claims(runs: pd.DataFrame, paper_of: dict[str, str], published: dic
     with the reason where no dataset or method allows the comparison.
 
     Args:
-        runs: the run tables (``report.load_runs``: one row per fold, ``accuracy_pct``).
+        runs: the run tables (``daamflow.report.runs.load_runs``: one row per fold, ``accuracy_pct``).
         paper_of: our dataset -> the paper dataset it stands in for (or is).
         published: ``published.load_published()``.
         alpha: level of every test (after Holm).

@@ -32,7 +32,7 @@ QUIRKS: tuple[Quirk, ...] = (
     Quirk("test-split selection (protocol paper vs clean)",
           "the test part chooses the epoch and drives the LR schedule", ("clean", "{method}"), ("paper", "{method}")),
     Quirk("released MHA (mha@released)", "layer 23 only, attention across the mini-batch, 1-channel conv head",
-          ("{protocol}", "mha"), ("{protocol}", "mha@released")),
+          ("{protocol}", "mha"), ("{protocol}", catalog.label("mha", catalog.RELEASED))),
     # the ablation on the high-IF layers with each IF source; the configured source's run is <method>@high
     *(Quirk("IF from all-epoch maps (importance.if_source: all_epochs)",
             "the attention maps accumulate over every epoch: IF of the all-epoch average",
@@ -40,7 +40,7 @@ QUIRKS: tuple[Quirk, ...] = (
       for off, on in (("{method}@high", "{method}@high_if_all_epochs"),
                       ("{method}@high_if_selected", "{method}@high"))),
     *(Quirk(f"released LoRA ({m}@released)", "the released LoRA scripts' bugs and hyper-parameters (finetune.quirks)",
-            ("{protocol}", m), ("{protocol}", f"{m}@released"))
+            ("{protocol}", m), ("{protocol}", catalog.label(m, catalog.RELEASED)))
       for m in catalog.LORA_METHODS),
 )
 
