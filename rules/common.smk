@@ -1,23 +1,59 @@
-# Path templates and target lists only; the logic lives in the package (daamflow.targets, daamflow.config).
+# Names from daamflow.catalog, paths from daamflow.targets' templates, and the helpers the rules share; the logic
+# lives in the package (daamflow.targets, daamflow.config).
 import json
+import re
 
-from daamflow import targets
+from daamflow import catalog, targets
 from daamflow.config import settings_json, train_settings
 
-R = config["results_dir"]
-HEAD_METHODS = targets.HEAD_METHODS
 DATASETS = list(config["datasets"])
 ENCODERS = list(config["encoders"])
 PAPER_DATASETS = targets.paper_datasets(config)
-PAPER_PAIRS = [f"{d}={p}" for d, p in PAPER_DATASETS.items()]
+PAPER_PAIRS = catalog.format_pairs(PAPER_DATASETS)
+RUN = "{dataset}_{encoder}_{protocol}_{method}"  # a run's log and benchmark name
+
+
+def alternatives(names):
+    return "|".join(map(re.escape, names))
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
-    encoder="|".join(ENCODERS),
-    protocol="paper|clean",
-    method="[a-z0-9_]+(@released)?",
-    selection="high|low|random",
+    dataset=alternatives(DATASETS),
+    encoder=alternatives(ENCODERS),
+    protocol=alternatives(catalog.PROTOCOLS),
+    method=f"{alternatives(catalog.HEAD_METHODS)}|{catalog.LORA_PATTERN}",
+    selection=alternatives(catalog.SELECTIONS),
+
+
+def out(template, **fields):
+    """A path template of daamflow.targets under the results folder; fields not given stay wildcards."""
+    return targets.path(template, config, **fields)
+
+
+def log_file(stage, name):
+    return targets.log(config, stage, name)
+
+
+def benchmark_file(stage, name):
+    return targets.benchmark(config, stage, name)
+
+
+def table(template, caption, category, labels, subcategory=None, **fields):
+    """csv, md and tex of a table; the csv goes into `snakemake --report` with report/<caption>.rst."""
+    csv, *rest = targets.table_files(template, config, **fields)
+    rst = f"../report/{caption}.rst"
+    return [report(csv, caption=rst, category=category, subcategory=subcategory, labels=labels), *rest]
+
+
+def figure(template, caption, subcategory, label, **fields):
+    """A figure in `snakemake --report` (category Figures) with report/<caption>.rst."""
+    return report(out(template, **fields), caption=f"../report/{caption}.rst", category="Figures",
+                  subcategory=subcategory, labels={"figure": label})
+
+
+def stem(w, output):
+    """The --out-table argument of a rule whose first output is a table's csv."""
+    return targets.stem(output[0])
 
 
 def all_targets():
@@ -26,14 +62,13 @@ def all_targets():
 
 def features(wildcards):
     """The feature store of a dataset, made by its configured encoder."""
-    store = targets.path(targets.FEATURES, config, dataset=wildcards.dataset, encoder=config["datasets"][wildcards.dataset]["encoder"])
-    return {name.split(".")[0]: f"{store}/{name}" for name in targets.FEATURE_FILES}
+    return targets.feature_files(config, wildcards.dataset, config["datasets"][wildcards.dataset]["encoder"])
 
 
 def launcher_json():
     """The launcher settings, with submitit's log folder under the results by default."""
     launcher = dict(config["launcher"])
-    launcher["log_dir"] = launcher["log_dir"] or f"{R}/logs/submitit"
+    launcher["log_dir"] = launcher["log_dir"] or out(targets.SUBMITIT_LOGS)
     return json.dumps(launcher, sort_keys=True)
 
 
@@ -42,6 +77,14 @@ def runs_of(wildcards, method):
     return targets.run_table(config, wildcards.dataset, wildcards.protocol, method)
 
 
-def dataset_resource(stage, key, default):
-    """A resource of a dataset's embed/train jobs from `datasets.<name>.resources.<stage>`, else the default."""
-    return lambda wildcards: config["datasets"][wildcards.dataset]["resources"].get(stage, {}).get(key, default)
+def dataset_resources(stage, mem_mb, runtime):
+    """gpu, mem_mb and runtime of a dataset's jobs of ``stage`` from `datasets.<name>.resources.<stage>`, else no GPU
+    and the given defaults."""
+
+    def of(key, default):
+        return lambda wildcards: config["datasets"][wildcards.dataset]["resources"].get(stage, {}).get(key, default)
+
+    return {"gpu": of("gpu", 0), "mem_mb": of("mem_mb", mem_mb), "runtime": of("runtime", runtime)}
+
+
+TRAIN_RESOURCES = dataset_resources("train", mem_mb=2000, runtime=60)  # rules train, ablate*, probe

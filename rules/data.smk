@@ -1,8 +1,8 @@
 rule prepare:
     """Prepare a dataset: manifest.csv (id, label, group, split, input), meta.json and the raw inputs."""
     output:
-        manifest=f"{R}/data/{{dataset}}/manifest.csv",
-        meta=f"{R}/data/{{dataset}}/meta.json",
+        manifest=out(targets.MANIFEST),
+        meta=out(targets.META),
     params:
         out=lambda w, output: os.path.dirname(output.manifest),
         source=lambda w: config["datasets"][w.dataset]["source"],
@@ -11,9 +11,9 @@ rule prepare:
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/prepare/{{dataset}}.log",
+        log_file("prepare", "{dataset}"),
     benchmark:
-        f"{R}/benchmarks/prepare/{{dataset}}.tsv"
+        benchmark_file("prepare", "{dataset}")
     threads: 2
     resources:
         mem_mb=2000,
@@ -26,7 +26,7 @@ rule prepare:
 rule encoder:
     """Make a from_pretrained-loadable encoder folder (an installed package's files, a tiny model, or a hub download)."""
     output:
-        spec=f"{R}/encoders/{{encoder}}/encoder.json",
+        spec=out(targets.ENCODER_SPEC),
     params:
         out=lambda w, output: os.path.dirname(output.spec),
         spec=lambda w: json.dumps(config["encoders"][w.encoder], sort_keys=True),
@@ -34,10 +34,9 @@ rule encoder:
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/encoder/{{encoder}}.log",
+        log_file("encoder", "{encoder}"),
     benchmark:
-        f"{R}/benchmarks/encoder/{{encoder}}.tsv"
-    threads: 1
+        benchmark_file("encoder", "{encoder}")
     resources:
         mem_mb=2000,
         runtime=30,

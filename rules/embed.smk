@@ -1,12 +1,10 @@
 rule embed:
     """Encode a prepared dataset with its frozen encoder: per-layer masked mean pooling into the feature store."""
     input:
-        manifest=f"{R}/data/{{dataset}}/manifest.csv",
-        encoder=f"{R}/encoders/{{encoder}}/encoder.json",
+        manifest=out(targets.MANIFEST),
+        encoder=out(targets.ENCODER_SPEC),
     output:
-        features=f"{R}/features/{{dataset}}/{{encoder}}/features.npy",
-        index=f"{R}/features/{{dataset}}/{{encoder}}/index.csv",
-        manifest=f"{R}/features/{{dataset}}/{{encoder}}/manifest.json",
+        **targets.feature_files(config, "{dataset}", "{encoder}"),
     params:
         data=lambda w, input: os.path.dirname(input.manifest),
         encoder=lambda w, input: os.path.dirname(input.encoder),
@@ -23,14 +21,12 @@ rule embed:
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/embed/{{dataset}}_{{encoder}}.log",
+        log_file("embed", "{dataset}_{encoder}"),
     benchmark:
-        f"{R}/benchmarks/embed/{{dataset}}_{{encoder}}.tsv"
+        benchmark_file("embed", "{dataset}_{encoder}")
     threads: config["threads"]
     resources:
-        gpu=dataset_resource("embed", "gpu", 0),
-        mem_mb=dataset_resource("embed", "mem_mb", 4000),
-        runtime=dataset_resource("embed", "runtime", 60),
+        **dataset_resources("embed", mem_mb=4000, runtime=60),
         # decoding processes beside the encoder: a resource, not a param, as they do not change the features (a
         # changed param would rerun the whole extraction)
         embed_workers=config["embed"]["num_workers"],

@@ -1,15 +1,15 @@
-from daamflow.run.finetune import METHOD_PATTERN, finetune_settings
+from daamflow.run.lora_settings import finetune_settings
 
 
 rule finetune:
     """Fine-tune the encoder with LoRA / LoRA+ adapters and a pooled head on every fold/seed; the run contract."""
     input:
-        manifest=f"{R}/data/{{dataset}}/manifest.csv",
-        encoder=f"{R}/encoders/{{encoder}}/encoder.json",
+        manifest=out(targets.MANIFEST),
+        encoder=out(targets.ENCODER_SPEC),
     output:
-        runs=f"{R}/runs/{{dataset}}/{{encoder}}/{{protocol}}/{{method}}/runs.csv",
+        runs=out(targets.RUN_TABLE),
     wildcard_constraints:
-        method=METHOD_PATTERN,
+        method=catalog.LORA_PATTERN,
     params:
         data=lambda w, input: os.path.dirname(input.manifest),
         encoder=lambda w, input: os.path.dirname(input.encoder),
@@ -19,14 +19,12 @@ rule finetune:
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/finetune/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}.log",
+        log_file("finetune", RUN),
     benchmark:
-        f"{R}/benchmarks/finetune/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}.tsv"
+        benchmark_file("finetune", RUN)
     threads: config["threads"]
     resources:
-        gpu=dataset_resource("finetune", "gpu", 0),
-        mem_mb=dataset_resource("finetune", "mem_mb", 4000),
-        runtime=dataset_resource("finetune", "runtime", 120),
+        **dataset_resources("finetune", mem_mb=4000, runtime=120),
     shell:
         "daamflow finetune --data {params.data:q} --encoder {params.encoder:q} --out {params.out:q}"
         " --settings {params.settings:q} --threads {threads} --launcher {params.launcher:q} > {log:q} 2>&1"

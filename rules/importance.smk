@@ -1,52 +1,34 @@
+# the IF source the configured one is compared with (importance.compare_if_sources), else None
+OTHER_SOURCE = targets.other_if_source(config) if config["importance"].get("compare_if_sources") else None
+
+
 rule importance_map:
     """IF maps of the IF method's runs (per fold, mean ± std), Fig. 2 heatmap, Fig. 3 shares, and each fold's layers
     for the ablation (under clean from the fold's own run only: leak-free)."""
     input:
         runs=lambda w: runs_of(w, config["importance"]["method"]),
     output:
-        per_layer=f"{R}/importance/{{dataset}}/{{protocol}}/per_layer.csv",
-        layers=f"{R}/importance/{{dataset}}/{{protocol}}/layers.json",
-        other=(
-            [f"{R}/importance/{{dataset}}/{{protocol}}/layers_{targets.other_if_source(config)}.json"]
-            if config["importance"].get("compare_if_sources")
-            else []
-        ),
-        heatmap=report(
-            f"{R}/figures/{{dataset}}_{{protocol}}_if_heatmap.png",
-            caption="../report/if_figures.rst",
-            category="Figures",
-            subcategory="{dataset}",
-            labels={"figure": "IF heatmap ({protocol})"},
-        ),
-        bars=report(
-            f"{R}/figures/{{dataset}}_{{protocol}}_if_layers.png",
-            caption="../report/if_figures.rst",
-            category="Figures",
-            subcategory="{dataset}",
-            labels={"figure": "IF per layer ({protocol})"},
-        ),
+        per_layer=out(targets.IMPORTANCE, file="per_layer.csv"),
+        layers=out(targets.IMPORTANCE, file="layers.json"),
+        other=[out(targets.IMPORTANCE, file=f"layers_{OTHER_SOURCE}.json")] if OTHER_SOURCE else [],
+        heatmap=figure(targets.IF_HEATMAP, "if_figures", "{dataset}", "IF heatmap ({protocol})"),
+        bars=figure(targets.IF_LAYERS, "if_figures", "{dataset}", "IF per layer ({protocol})"),
     params:
         runs=lambda w, input: os.path.dirname(input.runs),
         out=lambda w, output: os.path.dirname(output.layers),
         k=lambda w: targets.importance_k(config, w.dataset),
         seed=config["importance"].get("seed", 0),
         source=config["importance"]["if_source"],
-        other=(
-            ["--other-source", targets.other_if_source(config)]
-            if config["importance"].get("compare_if_sources")
-            else []
-        ),
+        other=["--other-source", OTHER_SOURCE] if OTHER_SOURCE else [],
         title=lambda w: f"{w.dataset} ({w.protocol}, {config['importance']['method']})",
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/importance/{{dataset}}_{{protocol}}_map.log",
+        log_file("importance", "{dataset}_{protocol}_map"),
     benchmark:
-        f"{R}/benchmarks/importance/{{dataset}}_{{protocol}}_map.tsv"
-    threads: 1
+        benchmark_file("importance", "{dataset}_{protocol}_map")
     resources:
         mem_mb=2000,
-        runtime=10,
     shell:
         "daamflow importance map --runs {params.runs:q} --out {params.out:q} --k {params.k} --seed {params.seed}"
         " --protocol {wildcards.protocol} --if-source {params.source} {params.other}"
@@ -57,27 +39,23 @@ rule ablate:
     """Retrain a method on the high-IF, low-IF or random layers only (all folds/seeds); labelled <method>@<selection>."""
     input:
         unpack(features),
-        layers=f"{R}/importance/{{dataset}}/{{protocol}}/layers.json",
+        layers=out(targets.IMPORTANCE, file="layers.json"),
     output:
-        runs=f"{R}/runs/{{dataset}}/{{encoder}}/{{protocol}}/{{method}}@{{selection}}/runs.csv",
+        runs=out(targets.RUN_TABLE, method="{method}@{selection}"),
     params:
         store=lambda w, input: os.path.dirname(input.features),
         out=lambda w, output: os.path.dirname(output.runs),
         settings=lambda w: settings_json(train_settings(config, w.dataset, w.method, w.protocol)),
         launcher=launcher_json(),
-    wildcard_constraints:
-        selection="high|low|random",
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/ablate/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}@{{selection}}.log",
+        log_file("ablate", "{dataset}_{encoder}_{protocol}_{method}@{selection}"),
     benchmark:
-        f"{R}/benchmarks/ablate/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}@{{selection}}.tsv"
+        benchmark_file("ablate", "{dataset}_{encoder}_{protocol}_{method}@{selection}")
     threads: config["threads"]
     resources:
-        gpu=dataset_resource("train", "gpu", 0),
-        mem_mb=dataset_resource("train", "mem_mb", 2000),
-        runtime=dataset_resource("train", "runtime", 60),
+        **TRAIN_RESOURCES,
     shell:
         "daamflow train --features {params.store:q} --out {params.out:q} --settings {params.settings:q}"
         " --layers-from {input.layers:q} --selection {wildcards.selection}"
@@ -89,27 +67,25 @@ rule ablate_if_source:
     <method>@high_if_<source>: the all-epoch IF's effect in the quirk-effect table."""
     input:
         unpack(features),
-        layers=f"{R}/importance/{{dataset}}/{{protocol}}/layers_{{source}}.json",
+        layers=out(targets.IMPORTANCE, file="layers_{source}.json"),
     output:
-        runs=f"{R}/runs/{{dataset}}/{{encoder}}/{{protocol}}/{{method}}@high_if_{{source}}/runs.csv",
+        runs=out(targets.RUN_TABLE, method="{method}@high_if_{source}"),
     params:
         store=lambda w, input: os.path.dirname(input.features),
         out=lambda w, output: os.path.dirname(output.runs),
         settings=lambda w: settings_json(train_settings(config, w.dataset, w.method, w.protocol)),
         launcher=launcher_json(),
     wildcard_constraints:
-        source="selected|all_epochs",
+        source=alternatives(catalog.IF_SOURCES),
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/ablate/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}@high_if_{{source}}.log",
+        log_file("ablate", "{dataset}_{encoder}_{protocol}_{method}@high_if_{source}"),
     benchmark:
-        f"{R}/benchmarks/ablate/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}@high_if_{{source}}.tsv"
+        benchmark_file("ablate", "{dataset}_{encoder}_{protocol}_{method}@high_if_{source}")
     threads: config["threads"]
     resources:
-        gpu=dataset_resource("train", "gpu", 0),
-        mem_mb=dataset_resource("train", "mem_mb", 2000),
-        runtime=dataset_resource("train", "runtime", 60),
+        **TRAIN_RESOURCES,
     shell:
         "daamflow train --features {params.store:q} --out {params.out:q} --settings {params.settings:q}"
         " --layers-from {input.layers:q} --selection high --label {wildcards.method}@high_if_{wildcards.source}"
@@ -120,33 +96,19 @@ rule ablation_table:
     """The paper's IF-ablation table: each ablation method on the high-IF / low-IF / random layers and on all layers."""
     input:
         runs=lambda w: targets.ablation_run_tables(config, w.dataset),
-        layers=expand(f"{R}/importance/{{{{dataset}}}}/{{protocol}}/layers.json", protocol=config["protocols"]),
+        layers=[out(targets.IMPORTANCE, protocol=p, file="layers.json") for p in config["protocols"]],
     output:
-        tables=[
-            report(
-                f"{R}/tables/{{dataset}}_ablation.csv",
-                caption="../report/ablation.rst",
-                category="Tables",
-                subcategory="{dataset}",
-                labels={"table": "{dataset}_ablation"},
-            ),
-            f"{R}/tables/{{dataset}}_ablation.md",
-            f"{R}/tables/{{dataset}}_ablation.tex",
-        ],
+        tables=table(targets.ABLATION_TABLE, "ablation", "Tables", {"table": "{dataset}_ablation"}, "{dataset}"),
     params:
-        stem=lambda w, output: output.tables[0][: -len(".csv")],
+        stem=stem,
         layers=lambda w, input: [f"{p}={f}" for p, f in zip(config["protocols"], input.layers)],
         paper=lambda w: ["--paper-dataset", PAPER_DATASETS[w.dataset]] if w.dataset in PAPER_DATASETS else [],
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/importance/{{dataset}}_ablation.log",
+        log_file("importance", "{dataset}_ablation"),
     benchmark:
-        f"{R}/benchmarks/importance/{{dataset}}_ablation.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
+        benchmark_file("importance", "{dataset}_ablation")
     shell:
         "daamflow importance ablation --runs {input.runs:q} --layers {params.layers:q} --out-table {params.stem:q}"
         " --title {wildcards.dataset:q} {params.paper:q} > {log:q} 2>&1"
@@ -157,7 +119,7 @@ rule probe:
     input:
         unpack(features),
     output:
-        probe=f"{R}/probes/{{dataset}}/{{protocol}}/probe.csv",
+        probe=out(targets.PROBE),
     params:
         store=lambda w, input: os.path.dirname(input.features),
         out=lambda w, output: os.path.dirname(output.probe),
@@ -165,14 +127,12 @@ rule probe:
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/probe/{{dataset}}_{{protocol}}.log",
+        log_file("probe", "{dataset}_{protocol}"),
     benchmark:
-        f"{R}/benchmarks/probe/{{dataset}}_{{protocol}}.tsv"
+        benchmark_file("probe", "{dataset}_{protocol}")
     threads: config["threads"]
     resources:
-        gpu=dataset_resource("train", "gpu", 0),
-        mem_mb=dataset_resource("train", "mem_mb", 2000),
-        runtime=dataset_resource("train", "runtime", 60),
+        **TRAIN_RESOURCES,
     shell:
         "daamflow importance probe --features {params.store:q} --settings {params.settings:q} --out {params.out:q}"
         " --threads {threads} > {log:q} 2>&1"
@@ -181,43 +141,23 @@ rule probe:
 rule correlate:
     """Per-layer IF against per-layer probe accuracy (Spearman per fold and mean), with the weighted-sum weights."""
     input:
-        per_layer=f"{R}/importance/{{dataset}}/{{protocol}}/per_layer.csv",
-        probe=f"{R}/probes/{{dataset}}/{{protocol}}/probe.csv",
+        per_layer=out(targets.IMPORTANCE, file="per_layer.csv"),
+        probe=out(targets.PROBE),
         weights=lambda w: runs_of(w, "weighted_sum") if "weighted_sum" in config["methods"] else [],
     output:
-        tables=[
-            report(
-                f"{R}/tables/{{dataset}}_{{protocol}}_if_probe.csv",
-                caption="../report/if_probe.rst",
-                category="Tables",
-                subcategory="{dataset}",
-                labels={"table": "{dataset}_{protocol}_if_probe"},
-            ),
-            f"{R}/tables/{{dataset}}_{{protocol}}_if_probe.md",
-            f"{R}/tables/{{dataset}}_{{protocol}}_if_probe.tex",
-        ],
-        figure=report(
-            f"{R}/figures/{{dataset}}_{{protocol}}_if_probe.png",
-            caption="../report/if_probe.rst",
-            category="Figures",
-            subcategory="{dataset}",
-            labels={"figure": "IF vs probe accuracy ({protocol})"},
-        ),
+        tables=table(targets.IF_PROBE_TABLE, "if_probe", "Tables", {"table": "{dataset}_{protocol}_if_probe"}, "{dataset}"),
+        figure=figure(targets.IF_PROBE_FIGURE, "if_probe", "{dataset}", "IF vs probe accuracy ({protocol})"),
     params:
         probes=lambda w, input: os.path.dirname(input.probe),
         weights=lambda w, input: ["--weights-runs", os.path.dirname(input.weights)] if input.weights else [],
-        stem=lambda w, output: output.tables[0][: -len(".csv")],
+        stem=stem,
         title=lambda w: f"{w.dataset} ({w.protocol})",
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/importance/{{dataset}}_{{protocol}}_correlate.log",
+        log_file("importance", "{dataset}_{protocol}_correlate"),
     benchmark:
-        f"{R}/benchmarks/importance/{{dataset}}_{{protocol}}_correlate.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
+        benchmark_file("importance", "{dataset}_{protocol}_correlate")
     shell:
         "daamflow importance correlate --per-layer {input.per_layer:q} --probes {params.probes:q} {params.weights:q}"
         " --out-table {params.stem:q} --figure {output.figure:q} --title {params.title:q} > {log:q} 2>&1"
@@ -226,33 +166,20 @@ rule correlate:
 rule learned_parameters:
     """The ranges of the learned δ (mean offset) and ξ (scaled variance) of every DAAM run."""
     input:
-        runs=[f"{d}/runs.csv" for d in targets.daam_run_dirs(config)],
+        runs=targets.daam_run_tables(config),
     output:
-        tables=[
-            report(
-                f"{R}/tables/learned_parameters.csv",
-                caption="../report/learned_parameters.rst",
-                category="Paper tables",
-                subcategory="learned parameters",
-                labels={"table": "learned δ/ξ ranges"},
-            ),
-            f"{R}/tables/learned_parameters.md",
-            f"{R}/tables/learned_parameters.tex",
-        ],
+        tables=table(targets.LEARNED_TABLE, "learned_parameters", "Paper tables", {"table": "learned δ/ξ ranges"},
+                     "learned parameters"),
     params:
         runs=lambda w, input: [os.path.dirname(p) for p in input.runs],
-        stem=lambda w, output: output.tables[0][: -len(".csv")],
+        stem=stem,
         pairs=PAPER_PAIRS,
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/importance/learned_parameters.log",
+        log_file("importance", "learned_parameters"),
     benchmark:
-        f"{R}/benchmarks/importance/learned_parameters.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
+        benchmark_file("importance", "learned_parameters")
     shell:
         "daamflow importance ranges --runs {params.runs:q} --out-table {params.stem:q} --paper-datasets {params.pairs:q}"
         " > {log:q} 2>&1"

@@ -4,40 +4,20 @@ rule report_dataset:
         runs=lambda w: targets.run_tables(config, w.dataset),
     output:
         tables=[
-            (
-                report(
-                    f,
-                    caption="../report/dataset_table.rst",
-                    category="Tables",
-                    subcategory="{dataset}",
-                    labels={"table": os.path.basename(f)[: -len(".csv")]},
-                )
-                if f.endswith(".csv")
-                else f
-            )
-            for f in targets.dataset_tables(config, "{dataset}")
-            if not f.endswith(".png")
+            f
+            for s in targets.dataset_table_stems(config, "{dataset}")
+            for f in table(s, "dataset_table", "Tables", {"table": os.path.basename(s)}, "{dataset}")
         ],
-        figure=report(
-            f"{R}/figures/{{dataset}}_accuracy.png",
-            caption="../report/accuracy_figure.rst",
-            category="Figures",
-            subcategory="{dataset}",
-            labels={"figure": "{dataset} accuracy per fold/seed"},
-        ),
+        figure=figure(targets.ACCURACY_FIGURE, "accuracy_figure", "{dataset}", "{dataset} accuracy per fold/seed"),
     params:
         tables=lambda w, output: os.path.dirname(output.tables[0]),
         figures=lambda w, output: os.path.dirname(output.figure),
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/report/{{dataset}}.log",
+        log_file("report", "{dataset}"),
     benchmark:
-        f"{R}/benchmarks/report/{{dataset}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
+        benchmark_file("report", "{dataset}")
     shell:
         "daamflow report dataset --runs {input.runs:q} --tables {params.tables:q} --figures {params.figures:q} > {log:q} 2>&1"
 
@@ -48,19 +28,10 @@ rule paper_tables:
         runs=lambda w: targets.run_tables(config, w.dataset),
     output:
         tables=[
-            (
-                report(
-                    f"{R}/tables/{{dataset}}_{p}_vs_paper.{ext}",
-                    caption="../report/paper_table.rst",
-                    category="Paper tables",
-                    subcategory="{dataset}",
-                    labels={"table": f"{{dataset}} {p} vs paper"},
-                )
-                if ext == "csv"
-                else f"{R}/tables/{{dataset}}_{p}_vs_paper.{ext}"
-            )
+            f
             for p in config["protocols"]
-            for ext in ("csv", "md", "tex")
+            for f in table(targets.VS_PAPER_TABLE, "paper_table", "Paper tables", {"table": f"{{dataset}} {p} vs paper"},
+                           "{dataset}", protocol=p)
         ],
     params:
         tables=lambda w, output: os.path.dirname(output.tables[0]),
@@ -69,13 +40,9 @@ rule paper_tables:
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/report/{{dataset}}_vs_paper.log",
+        log_file("report", "{dataset}_vs_paper"),
     benchmark:
-        f"{R}/benchmarks/report/{{dataset}}_vs_paper.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
+        benchmark_file("report", "{dataset}_vs_paper")
     shell:
         "daamflow report paper --runs {input.runs:q} --paper-dataset {params.paper:q} {params.stand_in}"
         " --tables {params.tables:q} > {log:q} 2>&1"
@@ -86,30 +53,16 @@ rule paper_summary:
     input:
         runs=[t for d in PAPER_DATASETS for t in targets.run_tables(config, d)],
     output:
-        tables=[
-            report(
-                f"{R}/tables/paper_summary.csv",
-                caption="../report/paper_summary.rst",
-                category="Paper tables",
-                subcategory="summary",
-                labels={"table": "paper summary"},
-            ),
-            f"{R}/tables/paper_summary.md",
-            f"{R}/tables/paper_summary.tex",
-        ],
+        tables=table(targets.PAPER_SUMMARY_TABLE, "paper_summary", "Paper tables", {"table": "paper summary"}, "summary"),
     params:
-        stem=lambda w, output: output.tables[0][: -len(".csv")],
+        stem=stem,
         pairs=PAPER_PAIRS,
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/report/paper_summary.log",
+        log_file("report", "paper_summary"),
     benchmark:
-        f"{R}/benchmarks/report/paper_summary.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
+        benchmark_file("report", "paper_summary")
     shell:
         "daamflow report paper-summary --runs {input.runs:q} --paper-datasets {params.pairs:q}"
         " --out-table {params.stem:q} > {log:q} 2>&1"
@@ -118,29 +71,15 @@ rule paper_summary:
 rule parameter_table:
     """The paper's parameter table (Table 1, Table 3) from the model registry at its encoder shapes, beside it."""
     output:
-        tables=[
-            report(
-                f"{R}/tables/parameters.csv",
-                caption="../report/parameters.rst",
-                category="Paper tables",
-                subcategory="parameters",
-                labels={"table": "parameters"},
-            ),
-            f"{R}/tables/parameters.md",
-            f"{R}/tables/parameters.tex",
-        ],
+        tables=table(targets.PARAMETERS_TABLE, "parameters", "Paper tables", {"table": "parameters"}, "parameters"),
     params:
         tables=lambda w, output: os.path.dirname(output.tables[0]),
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/report/parameters.log",
+        log_file("report", "parameters"),
     benchmark:
-        f"{R}/benchmarks/report/parameters.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
+        benchmark_file("report", "parameters")
     shell:
         "daamflow report parameters --tables {params.tables:q} > {log:q} 2>&1"
 
@@ -150,29 +89,11 @@ rule claims:
     test items of a fixed test set; Holm; a verdict), and every DAAM method against every baseline."""
     input:
         runs=targets.run_tables(config),
-        parameters=f"{R}/tables/parameters.csv",
+        parameters=rules.parameter_table.output.tables[0],  # its csv
     output:
-        claims=[
-            report(
-                f"{R}/tables/claims.csv",
-                caption="../report/claims.rst",
-                category="Claims",
-                labels={"table": "claims"},
-            ),
-            f"{R}/tables/claims.md",
-            f"{R}/tables/claims.tex",
-        ],
-        paired=[
-            report(
-                f"{R}/tables/paired.csv",
-                caption="../report/paired.rst",
-                category="Claims",
-                labels={"table": "paired comparisons"},
-            ),
-            f"{R}/tables/paired.md",
-            f"{R}/tables/paired.tex",
-        ],
-        metrics=f"{R}/tables/claims.json",
+        claims=table(targets.CLAIMS_TABLE, "claims", "Claims", {"table": "claims"}),
+        paired=table(targets.PAIRED_TABLE, "paired", "Claims", {"table": "paired comparisons"}),
+        metrics=out(targets.CLAIMS_JSON),
     params:
         tables=lambda w, output: os.path.dirname(output.metrics),
         pairs=PAPER_PAIRS,
@@ -183,13 +104,9 @@ rule claims:
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/report/claims.log",
+        log_file("report", "claims"),
     benchmark:
-        f"{R}/benchmarks/report/claims.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
+        benchmark_file("report", "claims")
     shell:
         "daamflow report claims --runs {input.runs:q} --paper-datasets {params.pairs:q} --parameters {input.parameters:q}"
         " --tables {params.tables:q} --alpha {params.alpha} --margins {params.margins:q} --seeded {params.seeded:q}"
@@ -202,29 +119,16 @@ rule quirk_table:
     input:
         runs=targets.run_tables(config) + targets.if_source_run_tables(config),
     output:
-        tables=[
-            report(
-                f"{R}/tables/quirks.csv",
-                caption="../report/quirks.rst",
-                category="Claims",
-                labels={"table": "quirk effects"},
-            ),
-            f"{R}/tables/quirks.md",
-            f"{R}/tables/quirks.tex",
-        ],
+        tables=table(targets.QUIRKS_TABLE, "quirks", "Claims", {"table": "quirk effects"}),
     params:
-        stem=lambda w, output: output.tables[0][: -len(".csv")],
+        stem=stem,
         alpha=config["claims"]["alpha"],
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/report/quirks.log",
+        log_file("report", "quirks"),
     benchmark:
-        f"{R}/benchmarks/report/quirks.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
+        benchmark_file("report", "quirks")
     shell:
         "daamflow report quirks --runs {input.runs:q} --out-table {params.stem:q} --alpha {params.alpha} > {log:q} 2>&1"
 
@@ -241,13 +145,9 @@ rule curves:
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/report/curves.log",
+        log_file("report", "curves"),
     benchmark:
-        f"{R}/benchmarks/report/curves.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
+        benchmark_file("report", "curves")
     shell:
         "daamflow report curves --runs {input.runs:q} --per-layer {input.per_layer:q} --probes {input.probes:q}"
         " --out {params.out:q} > {log:q} 2>&1"
@@ -261,30 +161,26 @@ rule summary:
         tables=[t for d in DATASETS for t in targets.dataset_tables(config, d)],
         extra=targets.report_tables(config),
     output:
-        md=report(f"{R}/tables/summary.md", caption="../report/summary.rst", category="Summary"),
-        json=f"{R}/tables/summary.json",
+        md=report(out(targets.SUMMARY_MD), caption="../report/summary.rst", category="Summary"),
+        json=out(targets.SUMMARY_JSON),
     params:
         paper_grid="--paper-grid" if targets.is_paper_grid(config) else "",
         pairs=PAPER_PAIRS,
         stand_ins=targets.stand_ins(config),
         embed=[
-            f"{title}={R}/tables/{name}.md"
-            for title, name in [
-                *([("The paper's summary table", "paper_summary")] if PAPER_DATASETS else []),
-                ("The paper's claims", "claims"),
-                ("Effects of the released code's quirks", "quirks"),
+            f"{title}={out(stem)}.md"
+            for title, stem in [
+                *([("The paper's summary table", targets.PAPER_SUMMARY_TABLE)] if PAPER_DATASETS else []),
+                ("The paper's claims", targets.CLAIMS_TABLE),
+                ("Effects of the released code's quirks", targets.QUIRKS_TABLE),
             ]
         ],
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/report/summary.log",
+        log_file("report", "summary"),
     benchmark:
-        f"{R}/benchmarks/report/summary.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
+        benchmark_file("report", "summary")
     shell:
         "daamflow report summary --runs {input.runs:q} --out-md {output.md:q} --out-json {output.json:q} {params.paper_grid}"
         " --paper-datasets {params.pairs:q} --stand-ins {params.stand_ins:q} --embed {params.embed:q} > {log:q} 2>&1"

@@ -3,9 +3,9 @@ rule train:
     input:
         unpack(features),
     output:
-        runs=f"{R}/runs/{{dataset}}/{{encoder}}/{{protocol}}/{{method}}/runs.csv",
+        runs=out(targets.RUN_TABLE),
     wildcard_constraints:
-        method="|".join(HEAD_METHODS),  # the LoRA methods go to rule finetune
+        method=alternatives(catalog.HEAD_METHODS),  # the LoRA methods go to rule finetune
     params:
         store=lambda w, input: os.path.dirname(input.features),
         out=lambda w, output: os.path.dirname(output.runs),
@@ -14,14 +14,12 @@ rule train:
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/train/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}.log",
+        log_file("train", RUN),
     benchmark:
-        f"{R}/benchmarks/train/{{dataset}}_{{encoder}}_{{protocol}}_{{method}}.tsv"
+        benchmark_file("train", RUN)
     threads: config["threads"]
     resources:
-        gpu=dataset_resource("train", "gpu", 0),
-        mem_mb=dataset_resource("train", "mem_mb", 2000),
-        runtime=dataset_resource("train", "runtime", 60),
+        **TRAIN_RESOURCES,
     shell:
         "daamflow train --features {params.store:q} --out {params.out:q} --settings {params.settings:q}"
         " --threads {threads} --launcher {params.launcher:q} > {log:q} 2>&1"

@@ -1,8 +1,8 @@
 rule vqvae_train:
     """Train one VQ-VAE (plain residual blocks, or Mixture-of-DAAM ones) and evaluate its reconstructions."""
     output:
-        metrics=f"{R}/vqvae/{{variant}}/seed{{seed}}/metrics.json",
-        grid=f"{R}/vqvae/{{variant}}/seed{{seed}}/reconstructions.png",
+        metrics=out(targets.VQVAE_METRICS),
+        grid=out(targets.VQVAE_GRID),
     params:
         out=lambda w, output: os.path.dirname(output.metrics),
         preset=config["vqvae"].get("preset", "demo"),
@@ -10,9 +10,9 @@ rule vqvae_train:
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/vqvae/{{variant}}_seed{{seed}}.log",
+        log_file("vqvae", "{variant}_seed{seed}"),
     benchmark:
-        f"{R}/benchmarks/vqvae/{{variant}}_seed{{seed}}.tsv"
+        benchmark_file("vqvae", "{variant}_seed{seed}")
     wildcard_constraints:
         variant="plain|daam",
         seed=r"\d+",
@@ -30,33 +30,18 @@ rule vqvae_table:
     input:
         runs=targets.vqvae_runs(config),
     output:
-        csv=report(
-            f"{R}/tables/vqvae.csv",
-            caption="../report/vqvae.rst",
-            category="Tables",
-            subcategory="VQ-VAE",
-            labels={"table": "vqvae"},
-        ),
-        md=f"{R}/tables/vqvae.md",
-        grid=report(
-            f"{R}/figures/vqvae_reconstructions.png",
-            caption="../report/vqvae.rst",
-            category="Figures",
-            subcategory="VQ-VAE",
-            labels={"figure": "reconstructions"},
-        ),
+        csv=report(out(targets.VQVAE_CSV), caption="../report/vqvae.rst", category="Tables", subcategory="VQ-VAE",
+                   labels={"table": "vqvae"}),
+        md=out(targets.VQVAE_MD),
+        grid=figure(targets.VQVAE_FIGURE, "vqvae", "VQ-VAE", "reconstructions"),
     params:
         runs=lambda w, input: [os.path.dirname(p) for p in input.runs],
     conda:
         "../envs/daamflow.yaml"
     log:
-        f"{R}/logs/vqvae/table.log",
+        log_file("vqvae", "table"),
     benchmark:
-        f"{R}/benchmarks/vqvae/table.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
+        benchmark_file("vqvae", "table")
     shell:
         "daamflow vqvae table --runs {params.runs:q} --out-csv {output.csv:q} --out-md {output.md:q}"
         " --grid-out {output.grid:q} > {log:q} 2>&1"

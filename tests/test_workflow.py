@@ -98,7 +98,7 @@ def test_default_config_dry_run_lists_the_whole_grid(tmp_path):
             counts[parts[0]] = int(parts[1])
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     n_ds = len(config["datasets"])
-    from daamflow.targets import HEAD_METHODS
+    from daamflow.catalog import HEAD_METHODS
 
     heads = [m for m in config["methods"] if m in HEAD_METHODS]
     assert {"lora_r4", "lora_r8", "loraplus_r4", "loraplus_r8"} <= set(config["methods"])  # issue 8: in the default

@@ -1,27 +1,101 @@
-"""Output paths of the workflow: one place for the path templates the rules and the tests share."""
+"""Output paths of the workflow, each written once: the templates the rules' outputs, logs and benchmarks are made of,
+and the target lists built from the same templates (docs/architecture.md#1-data-flow).
+
+A template's ``{fields}`` are Snakemake wildcards: :func:`path` fills in those it is given and leaves the others, so a
+rule and a target list format the same string.
+"""
 from __future__ import annotations
 
-DATA = "{R}/data/{dataset}"
-ENCODER = "{R}/encoders/{encoder}"
-FEATURES = "{R}/features/{dataset}/{encoder}"
-RUNS = "{R}/runs/{dataset}/{encoder}/{protocol}/{method}"
-TABLES = "{R}/tables"
-FIGURES = "{R}/figures"
+import os
+
+from daamflow import catalog
+
+MANIFEST = "{R}/data/{dataset}/manifest.csv"
+META = "{R}/data/{dataset}/meta.json"
+ENCODER_SPEC = "{R}/encoders/{encoder}/encoder.json"
+FEATURES = "{R}/features/{dataset}/{encoder}/{file}"
 FEATURE_FILES = ("features.npy", "index.csv", "manifest.json")
-# heads trained on the cached features (rule train); the LoRA methods fine-tune the encoder (rule finetune).
-# mha@released: the released IEMOCAP MHA baseline (one layer, attention across the mini-batch, 1-channel conv head)
-HEAD_METHODS = ("daam_v1", "daam_v2", "mixture", "gqdaam", "gqa", "mha", "mha_bn", "identity", "weighted_sum", "linear",
-                "mha@released")
+RUN_TABLE = "{R}/runs/{dataset}/{encoder}/{protocol}/{method}/runs.csv"
+IMPORTANCE = "{R}/importance/{dataset}/{protocol}/{file}"  # per_layer.csv, layers.json, layers_<source>.json
+PROBE = "{R}/probes/{dataset}/{protocol}/probe.csv"
+VQVAE_METRICS = "{R}/vqvae/{variant}/seed{seed}/metrics.json"
+VQVAE_GRID = "{R}/vqvae/{variant}/seed{seed}/reconstructions.png"
+SUBMITIT_LOGS = "{R}/logs/submitit"
+LOG = "{R}/logs/{stage}/{name}.log"
+BENCHMARK = "{R}/benchmarks/{stage}/{name}.tsv"
+
+# tables: a stem, written as csv, md and tex (table_files) unless noted
+TABLES = "{R}/tables"
+PROTOCOL_TABLE = TABLES + "/{dataset}_{protocol}"
+PROTOCOLS_TABLE = TABLES + "/{dataset}_protocols"
+ABLATION_TABLE = TABLES + "/{dataset}_ablation"
+IF_PROBE_TABLE = TABLES + "/{dataset}_{protocol}_if_probe"
+VS_PAPER_TABLE = TABLES + "/{dataset}_{protocol}_vs_paper"
+LEARNED_TABLE = TABLES + "/learned_parameters"
+PAPER_SUMMARY_TABLE = TABLES + "/paper_summary"
+PARAMETERS_TABLE = TABLES + "/parameters"
+CLAIMS_TABLE = TABLES + "/claims"
+PAIRED_TABLE = TABLES + "/paired"
+QUIRKS_TABLE = TABLES + "/quirks"
+TABLE_FORMATS = ("csv", "md", "tex")
+# single files
+CLAIMS_JSON = TABLES + "/claims.json"
+SUMMARY_MD = TABLES + "/summary.md"
+SUMMARY_JSON = TABLES + "/summary.json"
+VQVAE_CSV = TABLES + "/vqvae.csv"
+VQVAE_MD = TABLES + "/vqvae.md"
+HISTORY_CURVE = TABLES + "/curves/history/{dataset}_{protocol}_{method}.csv"
+LAYER_CURVE = TABLES + "/curves/layers/{dataset}_{protocol}.csv"
+
+# figures
+FIGURES = "{R}/figures"
+ACCURACY_FIGURE = FIGURES + "/{dataset}_accuracy.png"
+IF_HEATMAP = FIGURES + "/{dataset}_{protocol}_if_heatmap.png"
+IF_LAYERS = FIGURES + "/{dataset}_{protocol}_if_layers.png"
+IF_PROBE_FIGURE = FIGURES + "/{dataset}_{protocol}_if_probe.png"
+VQVAE_FIGURE = FIGURES + "/vqvae_reconstructions.png"
+
+
+class _Wildcards(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
 
 
 def path(template: str, config: dict, **fields) -> str:
-    return template.format(R=config["results_dir"], **fields)
+    """``template`` with the results folder and ``fields`` filled in; a field not given stays a ``{wildcard}``."""
+    return template.format_map(_Wildcards(R=config["results_dir"], **fields))
+
+
+def table_files(template: str, config: dict, **fields) -> list[str]:
+    """The csv, md and tex files of one table stem."""
+    stem = path(template, config, **fields)
+    return [f"{stem}.{ext}" for ext in TABLE_FORMATS]
+
+
+def stem(table_file: str) -> str:
+    """``…/claims.csv`` → ``…/claims``: the ``--out-table`` argument the table commands add extensions to."""
+    return os.path.splitext(table_file)[0]
+
+
+def log(config: dict, stage: str, name: str) -> str:
+    """The log of one job of ``stage``; ``name`` holds the rule's wildcards."""
+    return path(LOG, config, stage=stage, name=name)
+
+
+def benchmark(config: dict, stage: str, name: str) -> str:
+    """The benchmark file (`snakemake` timing, read by benchmarks/bench_workflow.py) beside :func:`log`."""
+    return path(BENCHMARK, config, stage=stage, name=name)
+
+
+def feature_files(config: dict, dataset: str, encoder: str) -> dict[str, str]:
+    """The feature store of (dataset, encoder) by name: features, index, manifest."""
+    return {f.split(".")[0]: path(FEATURES, config, dataset=dataset, encoder=encoder, file=f) for f in FEATURE_FILES}
 
 
 def run_table(config: dict, dataset: str, protocol: str, method: str) -> str:
     """runs.csv of one (dataset, protocol, method); the encoder is the dataset's."""
     encoder = config["datasets"][dataset]["encoder"]
-    return path(RUNS, config, dataset=dataset, encoder=encoder, protocol=protocol, method=method) + "/runs.csv"
+    return path(RUN_TABLE, config, dataset=dataset, encoder=encoder, protocol=protocol, method=method)
 
 
 def run_tables(config: dict, dataset: str | None = None) -> list[str]:
@@ -30,17 +104,17 @@ def run_tables(config: dict, dataset: str | None = None) -> list[str]:
     return [run_table(config, d, p, m) for d in names for p in config["protocols"] for m in config["methods"]]
 
 
-def dataset_tables(config: dict, dataset: str) -> list[str]:
-    """The report files of one dataset: a table per protocol, the protocols side by side, the accuracy figure."""
-    tables = path(TABLES, config)
-    stems = [f"{tables}/{dataset}_{p}" for p in config["protocols"]] + [f"{tables}/{dataset}_protocols"]
-    return [f"{s}.{ext}" for s in stems for ext in ("csv", "md", "tex")] + [
-        path(FIGURES, config) + f"/{dataset}_accuracy.png"
+def dataset_table_stems(config: dict, dataset: str) -> list[str]:
+    """The table stems of one dataset: one per protocol, then the protocols side by side."""
+    return [path(PROTOCOL_TABLE, config, dataset=dataset, protocol=p) for p in config["protocols"]] + [
+        path(PROTOCOLS_TABLE, config, dataset=dataset)
     ]
 
 
-DAAM_METHODS = ("daam_v1", "daam_v2", "gqdaam")  # methods with learned δ/ξ per head and feature
-SELECTIONS = ("high", "low", "random")
+def dataset_tables(config: dict, dataset: str) -> list[str]:
+    """The report files of one dataset: its tables (csv, md, tex) and the accuracy figure."""
+    files = [f"{s}.{ext}" for s in dataset_table_stems(config, dataset) for ext in TABLE_FORMATS]
+    return files + [path(ACCURACY_FIGURE, config, dataset=dataset)]
 
 
 def importance_k(config: dict, dataset: str) -> int:
@@ -53,13 +127,12 @@ def importance_targets(config: dict, dataset: str) -> list[str]:
     imp = config.get("importance", {})
     if not imp.get("enabled"):
         return []
-    figs, tables = path(FIGURES, config), path(TABLES, config)
-    out = [f"{tables}/{dataset}_ablation.{ext}" for ext in ("csv", "md", "tex")]
+    out = table_files(ABLATION_TABLE, config, dataset=dataset)
     for protocol in config["protocols"]:
-        out += [f"{figs}/{dataset}_{protocol}_if_heatmap.png", f"{figs}/{dataset}_{protocol}_if_layers.png"]
+        cell = {"dataset": dataset, "protocol": protocol}
+        out += [path(IF_HEATMAP, config, **cell), path(IF_LAYERS, config, **cell)]
         if imp.get("probe", True):
-            out += [f"{tables}/{dataset}_{protocol}_if_probe.{ext}" for ext in ("csv", "md", "tex")]
-            out += [f"{figs}/{dataset}_{protocol}_if_probe.png"]
+            out += table_files(IF_PROBE_TABLE, config, **cell) + [path(IF_PROBE_FIGURE, config, **cell)]
     return out
 
 
@@ -68,7 +141,7 @@ def ablation_run_tables(config: dict, dataset: str) -> list[str]:
         run_table(config, dataset, protocol, label)
         for protocol in config["protocols"]
         for method in config["importance"]["ablation_methods"]
-        for label in [method] + [f"{method}@{sel}" for sel in SELECTIONS]
+        for label in [method] + [catalog.label(method, sel) for sel in catalog.SELECTIONS]
     ]
 
 
@@ -85,33 +158,30 @@ def if_source_run_tables(config: dict) -> list[str]:
 
 
 def other_if_source(config: dict) -> str:
-    from daamflow.analysis.importance import SOURCES
-
-    return next(s for s in SOURCES if s != config["importance"]["if_source"])
+    return next(s for s in catalog.IF_SOURCES if s != config["importance"]["if_source"])
 
 
-def daam_run_dirs(config: dict) -> list[str]:
-    """Run directories of the DAAM methods in the grid (for the learned-parameter table)."""
-    return [p[: -len("/runs.csv")] for p in run_tables(config) if p.split("/")[-2] in DAAM_METHODS]
+def daam_run_tables(config: dict) -> list[str]:
+    """runs.csv of the methods with learned δ/ξ in the grid (for the learned-parameter table)."""
+    return [p for p in run_tables(config) if p.split("/")[-2] in catalog.LEARNED_GAUSSIANS]
 
 
 def vqvae_runs(config: dict) -> list[str]:
     vq = config.get("vqvae", {})
-    return [f"{config['results_dir']}/vqvae/{v}/seed{s}/metrics.json" for v in vq.get("variants", []) for s in vq.get("seeds", [])]
+    return [path(VQVAE_METRICS, config, variant=v, seed=s) for v in vq.get("variants", []) for s in vq.get("seeds", [])]
 
 
 def all_targets(config: dict) -> list[str]:
-    tables = path(TABLES, config)
-    out = [f"{tables}/summary.md", f"{tables}/summary.json"]
+    out = [path(SUMMARY_MD, config), path(SUMMARY_JSON, config)]
     for name in config["datasets"]:
         out += dataset_tables(config, name)
     if config.get("importance", {}).get("enabled"):
         for name in config["datasets"]:
             out += importance_targets(config, name)
-        if daam_run_dirs(config):
-            out += [f"{tables}/learned_parameters.{ext}" for ext in ("csv", "md", "tex")]
+        if daam_run_tables(config):
+            out += table_files(LEARNED_TABLE, config)
     if config.get("vqvae", {}).get("enabled"):
-        out += [f"{tables}/vqvae.csv", f"{tables}/vqvae.md", path(FIGURES, config) + "/vqvae_reconstructions.png"]
+        out += [path(t, config) for t in (VQVAE_CSV, VQVAE_MD, VQVAE_FIGURE)]
     return out
 
 
@@ -133,12 +203,9 @@ def is_paper_grid(config: dict) -> bool:
     return len(papers) == len(config["datasets"]) and not stand_ins(config)
 
 
-def paper_tables(config: dict, dataset: str) -> list[str]:
-    """``{dataset}_{protocol}_vs_paper`` (csv, md, tex) of a dataset with a ``paper_dataset``; else nothing."""
-    if dataset not in paper_datasets(config):
-        return []
-    tables = path(TABLES, config)
-    return [f"{tables}/{dataset}_{p}_vs_paper.{ext}" for p in config["protocols"] for ext in ("csv", "md", "tex")]
+def vs_paper_tables(config: dict, dataset: str) -> list[str]:
+    """``{dataset}_{protocol}_vs_paper`` (csv, md, tex) of every protocol: ours beside the paper's table."""
+    return [f for p in config["protocols"] for f in table_files(VS_PAPER_TABLE, config, dataset=dataset, protocol=p)]
 
 
 def importance_curve_inputs(config: dict) -> dict[str, list[str]]:
@@ -146,22 +213,19 @@ def importance_curve_inputs(config: dict) -> dict[str, list[str]]:
     imp = config.get("importance", {})
     if not imp.get("enabled"):
         return {"per_layer": [], "probes": []}
-    R, cells = config["results_dir"], [(d, p) for d in config["datasets"] for p in config["protocols"]]
+    cells = [{"dataset": d, "protocol": p} for d in config["datasets"] for p in config["protocols"]]
     return {
-        "per_layer": [f"{R}/importance/{d}/{p}/per_layer.csv" for d, p in cells],
-        "probes": [f"{R}/probes/{d}/{p}/probe.csv" for d, p in cells] if imp.get("probe", True) else [],
+        "per_layer": [path(IMPORTANCE, config, file="per_layer.csv", **c) for c in cells],
+        "probes": [path(PROBE, config, **c) for c in cells] if imp.get("probe", True) else [],
     }
 
 
 def curve_files(config: dict) -> list[str]:
     """Plot-ready CSVs (DVC ``plots``): per-epoch history of every run table, per-layer IF/probe curves."""
-    curves = path(TABLES, config) + "/curves"
-    out = [
-        f"{curves}/history/{d}_{p}_{m}.csv"
-        for d in config["datasets"] for p in config["protocols"] for m in config["methods"]
-    ]
+    cells = [{"dataset": d, "protocol": p} for d in config["datasets"] for p in config["protocols"]]
+    out = [path(HISTORY_CURVE, config, method=m, **c) for c in cells for m in config["methods"]]
     if config.get("importance", {}).get("enabled"):
-        out += [f"{curves}/layers/{d}_{p}.csv" for d in config["datasets"] for p in config["protocols"]]
+        out += [path(LAYER_CURVE, config, **c) for c in cells]
     return out
 
 
@@ -169,11 +233,8 @@ def report_tables(config: dict) -> list[str]:
     """Every table beyond the per-dataset ones: the paper's tables with ours beside them, the summary table, the
     parameter table, the claims, the paired comparisons and the quirk effects (all csv, md, tex), claims.json and the
     curves."""
-    tables = path(TABLES, config)
-    stems = [f"{tables}/parameters", f"{tables}/claims", f"{tables}/paired", f"{tables}/quirks"]
-    if paper_datasets(config):
-        stems.append(f"{tables}/paper_summary")
-    out = [f"{s}.{ext}" for s in stems for ext in ("csv", "md", "tex")] + [f"{tables}/claims.json"]
-    for name in config["datasets"]:
-        out += paper_tables(config, name)
+    stems = [PARAMETERS_TABLE, CLAIMS_TABLE, PAIRED_TABLE, QUIRKS_TABLE] + ([PAPER_SUMMARY_TABLE] if paper_datasets(config) else [])
+    out = [f for s in stems for f in table_files(s, config)] + [path(CLAIMS_JSON, config)]
+    for name in paper_datasets(config):
+        out += vs_paper_tables(config, name)
     return out + curve_files(config)

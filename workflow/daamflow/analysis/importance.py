@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-SELECTIONS = ("high", "low", "random")
+from daamflow.catalog import SELECTIONS
+
 # importance.if_source -> the file of a DAAM fold its IF map is read from (both written by `daamflow train`)
 SOURCES = {
     "selected": "density.npy",  # the selected model's gate, averaged over the select part

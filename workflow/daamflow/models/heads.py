@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from daamflow.models.attention import DAAM, GQDAAM, LayerSelfAttention, MixtureDAAM
-from daamflow.targets import HEAD_METHODS
+from daamflow.catalog import HEAD_METHODS
 
-METHODS: tuple[str, ...] = HEAD_METHODS  # named in the torch-free targets module, which Snakemake imports
+METHODS: tuple[str, ...] = HEAD_METHODS  # named in the torch-free catalog, which Snakemake imports
 
 # option -> (default, accepted types). Options a method does not use are accepted and ignored, so one options dict
 # from the config can be passed to every method.
