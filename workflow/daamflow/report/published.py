@@ -1,8 +1,8 @@
 """The paper's published numbers (config/published.yaml): loading, validation and look-ups.
 
 The YAML is a transcription of the DAAM paper's tables (arXiv 2401.11143 v4 and the authors' blog version); this
-module checks it on load against published.schema.yaml (a JSON schema, as the config), so a typo in a method or dataset key fails loudly instead of silently
-producing an empty "published" column. Accuracies are percentages. Recomputed statistics use the population std
+module checks it on load against published.schema.yaml (a JSON schema, as the config), so a typo in a method or
+dataset key fails loudly instead of silently producing an empty "published" column. Accuracies are percentages. Recomputed statistics use the population std
 (ddof=0), the convention the paper mostly follows (see ``meta.std_convention`` in the YAML).
 """
 from __future__ import annotations
