@@ -106,7 +106,7 @@ def test_unknown_source_and_option_name_the_accepted_ones(tmp_path):
         prepare("cifar", tmp_path / "x", seed=0)
     with pytest.raises(ValueError, match=r"unknown options \['per_clas'\].*per_class"):
         prepare("wordnet", tmp_path / "x", seed=0, per_clas=3)
-    assert set(SOURCES) == {"wordnet", "fashion_mnist", "espeak_prosody", "iemocap", "cifar100", "agnews"}
+    assert set(SOURCES) == {"wordnet", "fashion_mnist", "espeak_prosody", "iemocap", "cifar100", "agnews", "table", "folder"}
     assert SOURCES["wordnet"]["per_class"] == 100
 
 

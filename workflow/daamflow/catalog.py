@@ -38,9 +38,10 @@ IF_SOURCES = ("selected", "all_epochs")
 
 # ---- dataset sources ------------------------------------------------------------------------------------------------
 
+# None: the user's own data, whose modality is declared in the config or inferred from the data
 SOURCE_MODALITY = {
     "wordnet": "text", "fashion_mnist": "image", "espeak_prosody": "audio",
-    "iemocap": "audio", "cifar100": "image", "agnews": "text",
+    "iemocap": "audio", "cifar100": "image", "agnews": "text", "table": None, "folder": None,
 }
 MODALITIES = ("audio", "image", "text")
 PAPER_DATASETS = ("iemocap", "cifar100", "agnews")

@@ -40,6 +40,7 @@ PAPER_HYPER_BY_MODALITY: dict[str, dict[str, Any]] = {
 }
 
 ENCODER_REQUIRED = {"package": ["package"], "tiny": ["arch"], "hub": ["id"]}
+INFER_ROWS = 200  # rows (files) of a table (folder) read to infer its modality while the DAG is built
 
 
 class ConfigError(ValueError):
@@ -128,7 +129,13 @@ def validate_config(config: dict) -> dict:
                 f"  - datasets.{name}.encoder: '{ds['encoder']}' is not a key of `encoders` "
                 f"(known: {', '.join(config['encoders'])})"
             )
-        ds.setdefault("modality", SOURCE_MODALITY[ds["source"]])
+        if SOURCE_MODALITY[ds["source"]] is None:
+            problems += _own_data(name, ds)
+        else:
+            ds.setdefault("modality", SOURCE_MODALITY[ds["source"]])
+            if ds["evaluation"]["scheme"] == "auto":
+                problems.append(f"  - datasets.{name}.evaluation.scheme: auto reads the data, for the table and "
+                                f"folder sources only; {ds['source']} takes kfold or seeds")
     for name, enc in config["encoders"].items():
         for key in ENCODER_REQUIRED[enc["kind"]]:
             if key not in enc:
@@ -145,6 +152,35 @@ def validate_config(config: dict) -> dict:
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(problems))
     return config
+
+
+def _own_data(name: str, ds: dict) -> list[str]:
+    """Resolve a table/folder dataset in place: its modality (declared, else inferred from the data) and an ``auto``
+    evaluation scheme (seeds when the data gives a train/test split, else kfold), both handed to the prepare step
+    through the options (``modality``, and ``folds``: the sample count every class needs)."""
+    from daamflow.data.datasets import GENERIC
+
+    module, options, evaluation, key = GENERIC[ds["source"]], ds["options"], ds["evaluation"], f"datasets.{name}"
+    declared = {ds.get("modality"), options.get("modality")} - {None}
+    if len(declared) > 1:
+        return [f"  - {key}.modality: {ds['modality']!r} but options.modality is {options['modality']!r}"]
+    try:
+        modality = declared.pop() if declared else module.infer_modality(options, sample=INFER_ROWS)
+        split = module.has_split(options) if evaluation["scheme"] != "kfold" else False
+    except (OSError, ValueError, ImportError) as err:
+        return [f"  - {key}.options: {err} (the data is read to infer what is not declared: `modality`, "
+                f"evaluation.scheme auto)"]
+    if evaluation["scheme"] == "auto":
+        evaluation["scheme"] = "seeds" if split else "kfold"
+    elif evaluation["scheme"] == "seeds" and not split:
+        return [f"  - {key}.evaluation.scheme: seeds needs a train/test split, which the data does not give "
+                f"(table: option split; folder: train/ and test/ levels); use kfold or auto"]
+    folds = evaluation["folds"] if evaluation["scheme"] == "kfold" else None
+    if options.get("folds") not in (None, folds):
+        return [f"  - {key}.options.folds: {options['folds']} but evaluation.folds is {folds}; set evaluation.folds"]
+    ds["modality"] = options["modality"] = modality
+    options["folds"] = folds
+    return []
 
 
 def load_config(path: str | Path) -> dict:

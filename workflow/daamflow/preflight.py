@@ -21,6 +21,8 @@ _PATHS: dict[str, list[tuple[str, str]]] = {
     "fashion_mnist": [("root", "folder")],
     "wordnet": [("path", "file")],
     "espeak_prosody": [("wordnet_path", "file")],
+    "table": [("path", "file")],
+    "folder": [("root", "folder")],
 }
 # source -> (download option, the file it becomes under the option `root`): the source is only read while that file
 # is missing, and only a local one (a path or file:// URL) can be checked here

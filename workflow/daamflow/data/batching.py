@@ -14,23 +14,33 @@ Input contracts of a prepared folder (``manifest.csv`` + files):
 - text: column ``text``; tokenised once, in bulk, when the pipeline is built (a fast tokenizer over the whole
   column), so a batch is a vectorised gather of token ids with right padding;
 - image: ``images.npy`` uint8, (n, H, W) grayscale or (n, H, W, C) channels last, and column ``image_index``;
-  grayscale data is repeated to 3 channels for an RGB encoder; the image processor resizes in the workers and the
-  batch travels as uint8, its rescale and normalisation (the processor's own factors) then run on the device;
-- audio: column ``path`` (a wav file, relative to the prepared folder or absolute) with optional columns
+  grayscale data is repeated to 3 channels for an RGB encoder; or column ``path`` (an image file of any size, read
+  with Pillow and converted to the encoder's channels: ``L`` or ``RGB``); the image processor resizes in the workers
+  and the batch travels as uint8, its rescale and normalisation (the processor's own factors) then run on the device;
+- audio: column ``path`` (a wav file, or flac/ogg/mp3/aiff read with soundfile; relative to the prepared folder or
+  absolute) with optional columns
   ``start``/``end`` (a sample span at the file's own rate, end exclusive; empty = the whole file) and ``pad_to``
   (a length at the encoder's rate: the clip is cut or zero-padded to it and pooled over the whole padded length,
   the released IEMOCAP code's convention; empty or absent = pooled over the clip's valid frames only). Files at
-  another rate are resampled (polyphase) to the encoder's; multi-channel files are averaged to mono.
+  another rate are resampled (polyphase) to the encoder's; multi-channel files are averaged to mono. The feature
+  extractor's own input is used: raw samples (``input_values``: wav2vec2, HuBERT, WavLM) padded to the longest clip,
+  or features (``input_features``: Whisper) padded as the extractor's own default says (Whisper: its fixed window).
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import logging
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def plan_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -122,11 +132,51 @@ def _column(df: pd.DataFrame, name: str, default: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(values), default, values).astype(np.int64)
 
 
-def _wav_header(path: str) -> tuple[int, int]:
+def _soundfile(path: str):
+    try:
+        import soundfile
+    except ImportError as err:
+        raise ModuleNotFoundError(f"{path}: decoding {Path(path).suffix} audio needs the soundfile package "
+                                  f"(pip install soundfile); .wav files need nothing more") from err
+    return soundfile
+
+
+def audio_header(path: str) -> tuple[int, int]:
+    """(sample rate, frames) of an audio file, from its header: wav with scipy, other formats with soundfile."""
+    if Path(path).suffix.lower() == ".wav":
+        from scipy.io import wavfile
+
+        rate, data = wavfile.read(path, mmap=True)  # header only: the samples stay on disk
+        return rate, data.shape[0]
+    info = _soundfile(path).info(path)
+    return int(info.samplerate), int(info.frames)
+
+
+def read_audio(path: str, start: int, end: int) -> np.ndarray:
+    """Samples ``start:end`` of an audio file as mono float32 in [-1, 1] (channels averaged)."""
+    if Path(path).suffix.lower() != ".wav":
+        return _soundfile(path).read(path, start=start, stop=end, dtype="float32", always_2d=True)[0].mean(axis=1)
     from scipy.io import wavfile
 
-    rate, data = wavfile.read(path, mmap=True)  # header only: the samples stay on disk
-    return rate, data.shape[0]
+    _, data = wavfile.read(path, mmap=True)
+    x = np.asarray(data[start:end])
+    if x.dtype == np.uint8:
+        x = (x.astype(np.float32) - 128.0) / 128.0
+    elif x.dtype.kind == "i":
+        x = x.astype(np.float32) / float(2 ** (8 * x.dtype.itemsize - 1))
+    else:
+        x = x.astype(np.float32)
+    return x.mean(axis=1) if x.ndim == 2 else x
+
+
+def read_image(path: str, channels: int) -> np.ndarray:
+    """An image file as uint8 (H, W) for a 1-channel encoder or (H, W, 3) for an RGB one (Pillow's conversion)."""
+    from PIL import Image
+
+    if channels not in (1, 3):
+        raise ValueError(f"{path}: the encoder expects {channels}-channel images; image files convert to 1 or 3")
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L" if channels == 1 else "RGB"))
 
 
 class AudioInputs(_Inputs):
@@ -136,8 +186,12 @@ class AudioInputs(_Inputs):
 
     def __init__(self, df: pd.DataFrame, data_dir: Path, extractor):
         self.extractor, self.rate = extractor, int(extractor.sampling_rate)
+        self.input_name = extractor.model_input_names[0]  # input_values (raw samples) or input_features (Whisper)
+        # the extractor's own default when it pads to a fixed window (Whisper), else the longest clip of the batch
+        default = inspect.signature(type(extractor).__call__).parameters.get("padding")
+        self.padding = "max_length" if default is not None and default.default == "max_length" else True
         self.paths = [str(Path(data_dir, p)) for p in df["path"]]  # an absolute path stays as it is
-        headers = {p: _wav_header(p) for p in dict.fromkeys(self.paths)}
+        headers = {p: audio_header(p) for p in dict.fromkeys(self.paths)}
         self.file_rate = np.array([headers[p][0] for p in self.paths], dtype=np.int64)
         file_len = np.array([headers[p][1] for p in self.paths], dtype=np.int64)
         self.start = _column(df, "start", np.zeros(len(df), dtype=np.int64))
@@ -150,20 +204,16 @@ class AudioInputs(_Inputs):
         self.pad_to = _column(df, "pad_to", np.zeros(len(df), dtype=np.int64))
         resampled = -(-(self.end - self.start) * self.rate // self.file_rate)  # ceil, as resample_poly's length
         self.lengths = np.where(self.pad_to > 0, self.pad_to, resampled)
+        if self.input_name != "input_values" and self.pad_to.any():
+            raise ValueError(f"pad_to (rows such as {df['id'].iloc[int(np.argmax(self.pad_to > 0))]!r}) needs an "
+                             f"encoder that takes raw samples; this one takes {self.input_name}")
+        window = getattr(extractor, "n_samples", None) if self.padding == "max_length" else None
+        if window and (self.lengths > window).any():
+            log.warning("%d clips are longer than the encoder's %.1f s window: only their first %.1f s are encoded",
+                        int((self.lengths > window).sum()), window / self.rate, window / self.rate)
 
     def _read(self, i: int) -> np.ndarray:
-        from scipy.io import wavfile
-
-        _, data = wavfile.read(self.paths[i], mmap=True)
-        x = np.asarray(data[self.start[i]:self.end[i]])
-        if x.dtype == np.uint8:
-            x = (x.astype(np.float32) - 128.0) / 128.0
-        elif x.dtype.kind == "i":
-            x = x.astype(np.float32) / float(2 ** (8 * x.dtype.itemsize - 1))
-        else:
-            x = x.astype(np.float32)
-        if x.ndim == 2:
-            x = x.mean(axis=1)
+        x = read_audio(self.paths[i], int(self.start[i]), int(self.end[i]))
         if self.file_rate[i] != self.rate:
             from scipy.signal import resample_poly
 
@@ -175,10 +225,10 @@ class AudioInputs(_Inputs):
         import torch
 
         waves = [self._read(i) for i in rows]
-        enc = self.extractor(waves, sampling_rate=self.rate, padding=True, return_attention_mask=True,
+        enc = self.extractor(waves, sampling_rate=self.rate, padding=self.padding, return_attention_mask=True,
                              return_tensors="np")
-        values, mask = enc["input_values"].astype(np.float32), enc["attention_mask"].astype(np.int64)
-        width = int(self.lengths[rows].max())
+        values, mask = enc[self.input_name].astype(np.float32), enc["attention_mask"].astype(np.int64)
+        width = int(self.lengths[rows].max()) if self.input_name == "input_values" else mask.shape[1]
         if width > values.shape[1]:  # pad_to beyond the longest clip: zeros, as the extractor's padding_value
             extra = width - values.shape[1]
             values = np.pad(values, ((0, 0), (0, extra)), constant_values=self.extractor.padding_value)
@@ -186,7 +236,7 @@ class AudioInputs(_Inputs):
         # pad_to rows: the zero padding counts as signal (no mask), as the released code fed it
         mask |= (np.arange(width)[None, :] < self.pad_to[rows][:, None]).astype(np.int64)
         values, mask = torch.from_numpy(values), torch.from_numpy(mask)
-        inputs = {"input_values": values}
+        inputs = {self.input_name: values}
         # models trained without a mask (e.g. wav2vec2-base) expect plain zero padding, as in their own recipe
         if self.extractor.return_attention_mask:
             inputs["attention_mask"] = mask
@@ -194,19 +244,14 @@ class AudioInputs(_Inputs):
 
 
 class ImageInputs(_Inputs):
-    """Images gathered from ``images.npy`` and run through the encoder's image processor (resize, normalise)."""
+    """Images gathered from ``images.npy`` (or read from their files) and run through the encoder's image processor
+    (resize, normalise)."""
 
     def __init__(self, df: pd.DataFrame, data_dir: Path, processor, channels: int):
         self.path, self.processor, self.channels = Path(data_dir) / "images.npy", processor, int(channels)
-        self.index = df["image_index"].to_numpy()
-        images = np.load(self.path, mmap_mode="r")
-        if images.ndim not in (3, 4) or images.dtype != np.uint8:
-            raise ValueError(f"{self.path}: {images.dtype} {images.shape}; expected uint8 (n, H, W) or (n, H, W, C)")
-        stored = 1 if images.ndim == 3 else images.shape[-1]
-        if stored != self.channels and not (stored == 1 and self.channels == 3):
-            raise ValueError(f"{self.path} holds {stored}-channel images, the encoder expects {self.channels}")
-        if self.index.max() >= len(images):
-            raise ValueError(f"{data_dir}: image_index up to {self.index.max()} but images.npy has {len(images)}")
+        self.files = [str(Path(data_dir, p)) for p in df["path"]] if "image_index" not in df.columns else None
+        if self.files is None:
+            self._check_array(df, data_dir)
         self.lengths = np.zeros(len(df), dtype=np.int64)  # one size: the processor resizes every image alike
         # rescale and normalise on the device: 2.3x less work per image in the workers, 4x less data to move
         names = ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")
@@ -217,10 +262,31 @@ class ImageInputs(_Inputs):
             self.std = np.asarray(processor.image_std if processor.do_normalize else 1.0, dtype=np.float32)
         self._images = None  # opened in the process that reads (a memory map does not survive pickling cheaply)
 
+    def _check_array(self, df: pd.DataFrame, data_dir: Path) -> None:
+        self.index = df["image_index"].to_numpy()
+        images = np.load(self.path, mmap_mode="r")
+        if images.ndim not in (3, 4) or images.dtype != np.uint8:
+            raise ValueError(f"{self.path}: {images.dtype} {images.shape}; expected uint8 (n, H, W) or (n, H, W, C)")
+        stored = 1 if images.ndim == 3 else images.shape[-1]
+        if stored != self.channels and not (stored == 1 and self.channels == 3):
+            raise ValueError(f"{self.path} holds {stored}-channel images, the encoder expects {self.channels}")
+        if self.index.max() >= len(images):
+            raise ValueError(f"{data_dir}: image_index up to {self.index.max()} but images.npy has {len(images)}")
+
     def __getstate__(self):
         return {**self.__dict__, "_images": None}
 
     def collate(self, rows: np.ndarray):
+        if self.files is not None:
+            images = [read_image(self.files[i], self.channels) for i in rows]
+            images = [x[..., None] if x.ndim == 2 else x for x in images]  # channels last
+        else:
+            images = self._gather(rows)
+        deferred = {"do_rescale": False, "do_normalize": False} if self.deferred else {}
+        enc = self.processor(list(images), return_tensors="pt", input_data_format="channels_last", **deferred)
+        return rows, {"pixel_values": enc["pixel_values"]}, None
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
         if self._images is None:
             self._images = np.load(self.path, mmap_mode="r")
         images = np.asarray(self._images[self.index[rows]])
@@ -228,9 +294,7 @@ class ImageInputs(_Inputs):
             images = images[..., None]
         if images.shape[-1] == 1 and self.channels == 3:  # grayscale data, RGB encoder
             images = np.repeat(images, 3, axis=-1)
-        deferred = {"do_rescale": False, "do_normalize": False} if self.deferred else {}
-        enc = self.processor(list(images), return_tensors="pt", input_data_format="channels_last", **deferred)
-        return rows, {"pixel_values": enc["pixel_values"]}, None
+        return images
 
     def to_device(self, inputs: dict, dev, dtype) -> dict:
         if not self.deferred:

@@ -10,6 +10,10 @@ Three kinds of spec, all ending in the same kind of folder, so the embed step al
   Hugging Face cache and linked into the folder (needs internet or a populated cache; a local folder works as ``id``
   too). ``encoder.json`` records the requested revision and the commit it resolved to.
 
+Any model that ``AutoModel`` loads and that returns one hidden state per layer can be a hub encoder: text encoders
+and decoders (optionally ``"pooling": "last_token"``), speech models (wav2vec2, HuBERT, WavLM, Whisper's encoder) and
+vision transformers (ViT, BEiT, DeiT, CLIP's vision tower); the embed step refuses the others, naming the shapes.
+
 Hub encoders can be locked like pip's hash-checking mode: with a lock file (``lock``, or the environment variable
 ``DAAMFLOW_ENCODER_LOCK``; meant to be ``config/encoders.lock.yaml``, committed with the config) the first
 download records its commit and weight sha256s there; every later download fetches that commit and must match the
@@ -44,10 +48,11 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _HUB_FILES = ["*.json", "*.model", "vocab.txt", "merges.txt"]
 # A Hugging Face repo id: "name" or "org/name", never starting with "." (so "./models/x" is a path)
 _REPO_ID = re.compile(r"[\w-][\w.-]*(/[\w-][\w.-]*)?")
+# every kind also takes ``pooling``: how the embed step pools a layer's states (daamflow.data.embed.POOLINGS)
 _SPEC_KEYS = {
-    "package": ({"kind", "package"}, {"subdir"}),
-    "tiny": ({"kind", "arch"}, {"seed", "config"}),
-    "hub": ({"kind", "id"}, {"revision"}),
+    "package": ({"kind", "package"}, {"subdir", "pooling"}),
+    "tiny": ({"kind", "arch"}, {"seed", "config", "pooling"}),
+    "hub": ({"kind", "id"}, {"revision", "pooling"}),
 }
 # Small enough to build in well under a second and run the whole demo on a laptop CPU.
 TINY_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -65,11 +65,18 @@ def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def input_column(df: pd.DataFrame, modality: str) -> str:
+    """The input column of a manifest: ``INPUT_COLUMN[modality]``, except image rows that name files (``path``)."""
+    if modality == "image" and "path" in df.columns and "image_index" not in df.columns:
+        return "path"
+    return INPUT_COLUMN[modality]
+
+
 def validate_manifest(df: pd.DataFrame, modality: str, classes: list[str]) -> None:
     """Check a prepared-data manifest against the contract; raise ValueError naming the first problem."""
     if modality not in INPUT_COLUMN:
         raise ValueError(f"modality must be one of {sorted(INPUT_COLUMN)}, got {modality!r}")
-    needed = MANIFEST_COLUMNS + [INPUT_COLUMN[modality]]
+    needed = MANIFEST_COLUMNS + [input_column(df, modality)]
     missing = [c for c in needed if c not in df.columns]
     if missing:
         raise ValueError(f"manifest lacks columns {missing} (needs {needed})")
