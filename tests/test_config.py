@@ -123,9 +123,9 @@ def test_config_command_shows_the_settings_of_the_job_that_runs_the_method():
 def test_schema_methods_are_the_heads_and_lora_names():
     import re
 
-    from daamflow.run.finetune import METHOD_PATTERN
+    from daamflow.catalog import LORA_PATTERN
     from daamflow.models.heads import METHODS
 
     names = yaml.safe_load((ROOT / "config/schema.yaml").read_text())["$defs"]["method_name"]["enum"]
     assert set(METHODS) <= set(names)
-    assert all(re.fullmatch(METHOD_PATTERN, m) for m in set(names) - set(METHODS))
+    assert all(re.fullmatch(LORA_PATTERN, m) for m in set(names) - set(METHODS))

@@ -20,7 +20,8 @@ import torch
 
 from daamflow.atomic import atomic_write, save_torch
 from daamflow.data.features import load_store, write_store
-from daamflow.run.fit import Diverged, Interrupted, fold_identity
+from daamflow.run.fit import Diverged, Interrupted
+from daamflow.run.identity import fold_identity
 from daamflow.run.train import run_fold, run_split, splits_of, store_inputs, train_all
 
 C = 2
@@ -90,7 +91,8 @@ def test_checkpoint_of_other_data_is_not_resumed(tmp_path, caplog):
 
 def test_changed_prepared_data_retrains_lora_folds(tmp_path, encoder_dir, make_prepared):
     from daamflow.config import validate_config
-    from daamflow.run.finetune import finetune_all, finetune_settings
+    from daamflow.run.finetune import finetune_all
+    from daamflow.run.lora_settings import finetune_settings
 
     config = validate_config({
         "datasets": {"llm": {"source": "wordnet", "encoder": "llama", "evaluation": {"scheme": "seeds", "runs": 1}}},

@@ -16,12 +16,13 @@ from scipy.io import wavfile
 
 from conftest import MINILM, write_prepared
 from daamflow.config import validate_config
-from daamflow.run.finetune import (
-    QUIRKS, Inputs, _gradient_watch, build_model, finetune_settings, make_optimiser, parameter_counts, run_split, splits_of,
-)
 from daamflow.data.manifest import read_prepared
-from daamflow.run.fit import Interrupted, settings_hash
-from daamflow.run.train import run_row
+from daamflow.run.dispatch import run_row
+from daamflow.run.finetune import Prepared, run_split, splits_of
+from daamflow.run.fit import Interrupted
+from daamflow.run.identity import settings_hash
+from daamflow.run.lora_model import Inputs, _gradient_watch, build_model, make_optimiser, parameter_counts
+from daamflow.run.lora_settings import QUIRKS, finetune_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -141,8 +142,9 @@ def test_released_loraplus_on_wavlm_trains_nothing_and_still_runs(encoder_dir, d
     """Inert q/v adapters and a head outside the optimiser: no parameter is on the graph; the run must still finish
     (scoring the model as initialised, as the released script did) and say which adapters never got a gradient."""
     settings = finetune_settings(_config(), "aud", "loraplus_r4@released", "paper")
-    split = splits_of(data["audio"], settings)[0]
-    metrics = run_split(data["audio"], encoder_dir("wavlm"), split, settings, tmp_path, "cpu", progress=False)
+    prepared = Prepared.read(data["audio"])
+    split = splits_of(prepared, settings)[0]
+    metrics = run_split(prepared, encoder_dir("wavlm"), split, settings, tmp_path, "cpu", progress=False)
     assert metrics["head_trained_params"] == 0 and metrics["epochs_run"] == 3
     saved = torch.load(tmp_path / "model.pt")
     assert len(metrics["adapters_without_gradient"]) == sum("lora_" in k for k in saved) > 0
@@ -271,8 +273,9 @@ def test_loraplus_optimiser_and_head_quirk(encoder_dir, data):
 def test_resume_gives_the_uninterrupted_numbers(encoder_dir, data, tmp_path):
     """WavLM in train mode draws dropout (torch) and layer drop / time masks (numpy): a resumed run must match."""
     settings = finetune_settings(_config(), "aud", "loraplus_r4", "clean")
-    split = splits_of(data["audio"], settings)[0]
-    args = (data["audio"], encoder_dir("wavlm"), split, settings)
+    prepared = Prepared.read(data["audio"])
+    split = splits_of(prepared, settings)[0]
+    args = (prepared, encoder_dir("wavlm"), split, settings)
     full = run_split(*args, tmp_path / "full", "cpu", progress=False)
     with pytest.raises(Interrupted):
         run_split(*args, tmp_path / "cut", "cpu", stop_after_epoch=1, progress=False)
@@ -383,8 +386,9 @@ def test_model_across_folds_quirk(encoder_dir, data, tmp_path):
 def test_clean_refit_of_a_lora_run(encoder_dir, data, tmp_path):
     base = finetune_settings(_config(), "llm", "lora_r4", "clean")
     settings = {**base, "hyper": {**base["hyper"], "epochs": 2, "refit": True}}
-    split = splits_of(data["text"], settings)[0]
-    args = (data["text"], encoder_dir("llama"), split)
+    prepared = Prepared.read(data["text"])
+    split = splits_of(prepared, settings)[0]
+    args = (prepared, encoder_dir("llama"), split)
     plain = run_split(*args, base | {"hyper": {**base["hyper"], "epochs": 2}}, tmp_path / "plain", "cpu", progress=False)
     metrics = run_split(*args, settings, tmp_path / "refit", "cpu", progress=False)
     rows = len(split.train) + len(split.select)

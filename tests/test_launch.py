@@ -18,6 +18,8 @@ import pytest
 from submitit.core.utils import JobPaths, cloudpickle_dump
 
 from daamflow.run import launch
+from daamflow.run.identity import settings_hash
+from daamflow.run.job_watch import never_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = {"kind": "local", "poll_s": 0.05}
@@ -57,7 +59,7 @@ def test_local_executor_runs_each_call_in_a_subprocess_and_records_it(tmp_path):
     assert sorted(record["jobs"]) == ["0", "1", "2"] and record["history"] == []
     for name, entry in record["jobs"].items():
         assert entry["kind"] == "local" and entry["job_id"].isdigit()
-        assert entry["call"] == launch.digest(dict(x=int(name)))
+        assert entry["call"] == settings_hash(dict(x=int(name)))
         assert Path(entry["stdout"]).exists() and Path(entry["folder"]) == tmp_path / "run/submitit"
 
 
@@ -154,11 +156,11 @@ def test_resumable_requeues_the_same_call_at_most_max_requeues_times():
         job.checkpoint(x=3)
 
 
-def test_digest_of_settings_is_the_training_settings_hash():
-    from daamflow.run.fit import settings_hash
-
+def test_a_call_digest_hashes_paths_as_their_text():
+    """A call's arguments hold paths; its digest is the settings hash of the same call with the paths as strings."""
     settings = {"method": "mha", "hyper": {"lr": 1e-4, "grad_clip": None}, "seed": 0}
-    assert launch.digest(settings) == settings_hash(settings)
+    call = {"settings": settings, "out_dir": Path("/runs/x"), "fold": "fold1"}
+    assert settings_hash(call) == settings_hash({**call, "out_dir": "/runs/x"}) != settings_hash({**call, "fold": "f2"})
 
 
 def test_nested_submission_is_refused_unless_allowed(tmp_path, monkeypatch):
@@ -241,7 +243,7 @@ def test_allowed_nested_submission_gets_a_clean_environment(fake_slurm, tmp_path
 
 
 def _record_for(tmp_path: Path, calls: list[dict], ids: list[str], folder: Path, kind: str = "slurm") -> dict:
-    jobs = {str(i): {"job_id": j, "kind": kind, "call": launch.digest(c), "folder": str(folder)}
+    jobs = {str(i): {"job_id": j, "kind": kind, "call": settings_hash(c), "folder": str(folder)}
             for i, (c, j) in enumerate(zip(calls, ids))}
     record = {"jobs": jobs, "history": []}
     (tmp_path / launch.JOBS_FILE).write_text(json.dumps(record))
@@ -353,7 +355,7 @@ def test_time_out_signal_comes_signal_delay_s_before_the_limit(fake_slurm, tmp_p
     ("QOSMaxJobsPerUserLimit", False), ("AssocGrpCpuLimit", False), ("QOSGrpGRES", False), ("JobHeldUser", False),
 ])
 def test_never_reasons_are_the_ones_waiting_cannot_clear(reason, never):
-    assert (launch.never_reason(reason) is not None) == never
+    assert (never_reason(reason) is not None) == never
 
 
 def test_job_that_can_never_start_is_reported_cancelled_and_failed(fake_slurm, tmp_path, caplog):

@@ -7,7 +7,8 @@ import torch
 
 from daamflow.data.features import write_store
 from daamflow.data.folds import make_splits
-from daamflow.run.fit import Interrupted, settings_hash
+from daamflow.run.fit import Interrupted
+from daamflow.run.identity import settings_hash
 from daamflow.run.train import run_split, train_all
 
 N, D, C = 4, 12, 3
@@ -109,7 +110,7 @@ def test_training_is_deterministic(store, tmp_path):
 
 
 def test_confusion_and_macro_f1_by_hand():
-    from daamflow.run.fit import confusion, macro_f1
+    from daamflow.run.metrics import confusion, macro_f1
 
     truth = np.array([0, 0, 1, 1, 2])
     pred = np.array([0, 1, 1, 1, 0])

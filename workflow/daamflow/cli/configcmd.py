@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
+from daamflow.catalog import HEAD_METHODS, is_lora
 from daamflow.config import load_config, train_settings
-from daamflow.run.finetune import METHOD_PATTERN, finetune_settings
-from daamflow.targets import HEAD_METHODS
+from daamflow.run.lora_settings import finetune_settings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,7 +23,7 @@ def main(args: argparse.Namespace) -> int:
         dataset, protocol, method = args.train
         if dataset not in config["datasets"]:
             raise SystemExit(f"unknown dataset {dataset!r}; the config has {sorted(config['datasets'])}")
-        if re.fullmatch(METHOD_PATTERN, method):
+        if is_lora(method):
             settings = finetune_settings(config, dataset, method, protocol)
         elif method in HEAD_METHODS:
             settings = train_settings(config, dataset, method, protocol)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -27,18 +26,19 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from daamflow import __version__
 from daamflow.atomic import save_torch, write_csv
-from daamflow.config import settings_json
+from daamflow.catalog import SELECTION_PART
 from daamflow.data.folds import Split
+from daamflow.run.identity import fold_identity, settings_hash
+from daamflow.run.metrics import confusion, loss_of, macro_f1
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +51,6 @@ class Diverged(FloatingPointError):
     """The training loss became NaN or infinite: the fold fails instead of reporting a model that predicts nothing."""
 
 
-def settings_hash(settings: dict) -> str:
-    return hashlib.sha256(settings_json(settings).encode()).hexdigest()[:16]
-
-
-def fold_identity(settings: dict, inputs: dict[str, str]) -> str:
-    """The settings hash and the digests of the fold's input files (``{name: sha256}``), hashed together."""
-    text = json.dumps({"settings": settings_hash(settings), "inputs": inputs}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def versions() -> dict:
     return {
         "daamflow": __version__,
@@ -70,44 +60,9 @@ def versions() -> dict:
     }
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no GPU; use --device cpu or auto")
-    return torch.device(device)
-
-
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
-    """The released code's focal loss: mean of α·(1 − p_t + 1e-6)^γ · CE."""
-    ce = F.cross_entropy(logits, target, reduction="none")
-    p_t = torch.exp(-ce)
-    return (alpha * (1 - p_t + 1e-6) ** gamma * ce).mean()
-
-
 def use_amp(hp: dict, dev: torch.device) -> bool:
     """Mixed precision (bfloat16 autocast, a bfloat16 frozen encoder) only on a GPU, as the paper."""
     return hp["amp"] == "auto" and dev.type == "cuda"
-
-
-def loss_of(logits: torch.Tensor, target: torch.Tensor, hp: dict) -> torch.Tensor:
-    if hp["loss"] == "focal":
-        return focal_loss(logits, target, hp["focal_alpha"], hp["focal_gamma"])
-    return F.cross_entropy(logits, target)
-
-
-def confusion(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Rows: true class, columns: predicted class."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (truth, pred), 1)
-    return matrix
-
-
-def macro_f1(matrix: np.ndarray) -> float:
-    """Mean over classes of F1 = 2 TP / (2 TP + FP + FN); a class never seen nor predicted scores 0."""
-    tp = np.diag(matrix).astype(float)
-    denominator = 2 * tp + (matrix.sum(axis=0) - tp) + (matrix.sum(axis=1) - tp)
-    return float(np.mean(np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)))
 
 
 def finished(fold_dir: Path, identity: str) -> dict | None:
@@ -183,8 +138,36 @@ def load_checkpoint(path: Path, identity: str, name: str) -> dict | None:
     return ckpt
 
 
-def _slices(order: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+class Learner(Protocol):
+    """What ``fit``, ``refit`` and ``conclude`` need of a model: the head trainer (``train.HeadLearner``) and the LoRA
+    trainer (``lora_model.LoraLearner``) implement it. Subclasses inherit the defaults of the optional hooks."""
+
+    model: torch.nn.Module
+
+    def logits(self, rows: np.ndarray) -> torch.Tensor:
+        """The model on a batch of dataset rows (training mode, under autocast on a GPU)."""
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """Class predictions (the caller sets evaluation mode, no_grad and autocast)."""
+
+    def weights(self) -> dict:
+        """The weights a checkpoint keeps (a head: all; LoRA: adapters and head, never the frozen encoder)."""
+
+    def load_weights(self, state: dict) -> None:
+        """Put ``weights()`` back."""
+
+    def batches(self, order: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
+        """An epoch's shuffled rows cut into batches: consecutive slices by default."""
+        return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+    def after_first_epoch(self) -> Any:
+        """Runs once the first epoch's steps are done; its value is checkpointed and returned as ``Fitted.probe``."""
+        return None
+
+    def accumulate(self, value: Any) -> Any:
+        """Runs after each epoch's selection pass with what it returned the epoch before (None at first); the value
+        is checkpointed and returned as ``Fitted.accumulated`` (tensors and plain containers only)."""
+        return None
 
 
 @dataclass
@@ -197,7 +180,7 @@ class Fitted:
 
 
 def fit(
-    model: torch.nn.Module,
+    learner: Learner,
     optimiser: torch.optim.Optimizer,
     split: Split,
     labels: np.ndarray,
@@ -205,29 +188,15 @@ def fit(
     out_dir: Path,
     dev: torch.device,
     *,
-    logits: Callable[[np.ndarray], torch.Tensor],
-    predict: Callable[[np.ndarray], np.ndarray],
-    weights: Callable[[], dict],
-    load_weights: Callable[[dict], None],
     inputs: dict[str, str],
-    after_first_epoch: Callable[[], Any] | None = None,
-    accumulate: Callable[[Any], Any] | None = None,
-    batches: Callable[[np.ndarray, int, int], list[np.ndarray]] | None = None,
     stop_after_epoch: int | None = None,
     progress: bool = True,
 ) -> Fitted:
-    """Train ``model`` on ``split`` for ``settings["hyper"]["epochs"]`` epochs, resuming from ``out_dir/checkpoint.pt``.
-
-    ``logits(rows)`` runs the model on a batch of dataset rows (in training mode, under autocast on a GPU);
-    ``predict(rows)`` returns class predictions in evaluation mode; ``weights()`` / ``load_weights(state)`` get and
-    put the weights a checkpoint keeps (a head: all; LoRA: adapters and head, never the frozen encoder);
-    ``after_first_epoch()`` runs once the first epoch's steps are done, its value is checkpointed and returned;
-    ``accumulate(value)`` runs after each epoch's selection pass with the value it returned the epoch before (None at
-    first); the value is checkpointed and returned (tensors and plain containers only);
-    ``batches(order, batch_size, seed)`` cuts an epoch's shuffled rows into batches (default: consecutive slices);
-    ``inputs`` are the digests of the fold's input files (see ``fold_identity``).
+    """Train ``learner.model`` on ``split`` for ``settings["hyper"]["epochs"]`` epochs, resuming from
+    ``out_dir/checkpoint.pt``. ``inputs`` are the digests of the fold's input files (see ``fold_identity``).
     Raises ``Diverged`` when the loss is NaN or infinite.
     """
+    model = learner.model
     hp = settings["hyper"]
     identity = fold_identity(settings, inputs)
     label = settings.get("label", settings["method"])
@@ -241,7 +210,7 @@ def fit(
     ckpt_path = out_dir / "checkpoint.pt"
     ckpt = load_checkpoint(ckpt_path, identity, split.name)
     if ckpt is not None:
-        load_weights(ckpt["model"])
+        learner.load_weights(ckpt["model"])
         optimiser.load_state_dict(ckpt["optimiser"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, history, best, probe = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"], ckpt.get("probe")
@@ -257,10 +226,10 @@ def fit(
         np.random.seed(seed % 2**32)
         order = split.train[torch.randperm(len(split.train), generator=torch.Generator().manual_seed(seed)).numpy()]
         total, seen = 0.0, 0
-        for step, rows in enumerate((batches or _slices)(order, hp["batch_size"], seed)):
+        for step, rows in enumerate(learner.batches(order, hp["batch_size"], seed)):
             y = torch.from_numpy(labels[rows].astype(np.int64)).to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                out = logits(rows)
+                out = learner.logits(rows)
             loss = loss_of(out.float(), y, hp)
             value = loss.item()
             if not math.isfinite(value):
@@ -281,17 +250,16 @@ def fit(
                 log.warning("%s: no trained parameter receives a gradient; the model stays as initialised", split.name)
             total += value * len(rows)
             seen += len(rows)
-        if epoch == 1 and after_first_epoch is not None:
-            probe = after_first_epoch()
+        if epoch == 1:
+            probe = learner.after_first_epoch()
         model.eval()
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            acc = float((predict(split.select) == labels[split.select]).mean())
+            acc = float((learner.predict(split.select) == labels[split.select]).mean())
         scheduler.step(acc)
-        if accumulate is not None:
-            accumulated = accumulate(accumulated)
+        accumulated = learner.accumulate(accumulated)
         history.append({"epoch": epoch, "train_loss": total / max(seen, 1), "select_accuracy": acc,
                         "lr": optimiser.param_groups[0]["lr"]})
-        current = weights()
+        current = learner.weights()
         if acc > best["accuracy"]:  # strict, as the released code: the earliest best epoch wins
             best = {"accuracy": acc, "epoch": epoch, "state": {k: v.detach().cpu().clone() for k, v in current.items()}}
         bar.set_postfix(loss=f"{total / max(seen, 1):.3f}", sel=f"{acc:.3f}")
@@ -308,7 +276,7 @@ def fit(
 
 def conclude(
     fitted: Fitted,
-    model: torch.nn.Module,
+    learner: Learner,
     split: Split,
     labels: np.ndarray,
     ids: np.ndarray,
@@ -317,16 +285,14 @@ def conclude(
     out_dir: Path,
     dev: torch.device,
     *,
-    predict: Callable[[np.ndarray], np.ndarray],
-    load_weights: Callable[[dict], None],
     inputs: dict[str, str],
 ) -> dict:
     """Restore the selected weights, test them, write model.pt, history.csv, predictions.csv; the common metrics."""
-    load_weights(fitted.best["state"])
+    learner.load_weights(fitted.best["state"])
     save_torch(out_dir / "model.pt", fitted.best["state"])
-    model.eval()
+    learner.model.eval()
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp(settings["hyper"], dev)):
-        pred = predict(split.test)
+        pred = learner.predict(split.test)
     truth = labels[split.test]
     matrix = confusion(truth, pred, num_classes)
     write_csv(out_dir / "history.csv", pd.DataFrame(fitted.history))
@@ -341,7 +307,7 @@ def conclude(
         "epochs_run": len(fitted.history),
         "seed": split.seed,
         "split": split.as_dict(),
-        "selection": "test" if settings["protocol"] == "paper" else "dev",
+        "selection": SELECTION_PART[settings["protocol"]],
         "wall_time_s": fitted.seconds,
         "settings": settings,
         "settings_hash": settings_hash(settings),
@@ -358,9 +324,33 @@ def refits(settings: dict) -> bool:
     return bool(settings["hyper"].get("refit")) and settings["protocol"] == "clean"
 
 
+class _Refitting(Learner):
+    """A refit's view of the learner: its training rows counted, no first-epoch probe and no accumulation (those
+    belong to the selection run)."""
+
+    def __init__(self, learner: Learner) -> None:
+        self.learner, self.model, self.seen = learner, learner.model, []
+
+    def logits(self, rows: np.ndarray) -> torch.Tensor:
+        self.seen.append(len(rows))
+        return self.learner.logits(rows)
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        return self.learner.predict(rows)
+
+    def weights(self) -> dict:
+        return self.learner.weights()
+
+    def load_weights(self, state: dict) -> None:
+        self.learner.load_weights(state)
+
+    def batches(self, order: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
+        return self.learner.batches(order, batch_size, seed)
+
+
 def refit(
     fitted: Fitted,
-    model: torch.nn.Module,
+    learner: Learner,
     make_optimiser: Callable[[], torch.optim.Optimizer],
     initial: dict,
     split: Split,
@@ -368,10 +358,6 @@ def refit(
     settings: dict,
     out_dir: Path,
     dev: torch.device,
-    *,
-    logits: Callable[[np.ndarray], torch.Tensor],
-    load_weights: Callable[[dict], None],
-    weights: Callable[[], dict],
     **fit_args: Any,
 ) -> tuple[Fitted, Split, dict]:
     """Train the ``initial`` weights again on train + dev for the selected epoch count E (``fitted.best["epoch"]``).
@@ -388,18 +374,13 @@ def refit(
     refit_split = Split(split.name, split.seed, rows, split.select, split.test,
                         f"{split.description}; refit on train + dev for {epochs} epochs")
     refit_settings = {**settings, "hyper": {**settings["hyper"], "epochs": epochs}}
-    seen = []
-
-    def counted(batch: np.ndarray) -> torch.Tensor:
-        seen.append(len(batch))
-        return logits(batch)
-
-    load_weights(initial)
+    refitting = _Refitting(learner)
+    learner.load_weights(initial)
     out = out_dir / "refit"
     out.mkdir(parents=True, exist_ok=True)
-    again = fit(model, make_optimiser(), refit_split, labels, refit_settings, out, dev, logits=counted,
-                load_weights=load_weights, weights=weights, **fit_args)
-    final = {k: v.detach().cpu().clone() for k, v in weights().items()}
+    again = fit(refitting, make_optimiser(), refit_split, labels, refit_settings, out, dev, **fit_args)
+    final = {k: v.detach().cpu().clone() for k, v in learner.weights().items()}
+    seen = refitting.seen
     record = {"refit": True, "refit_epochs": epochs, "refit_train_rows": int(len(rows)),
               "refit_rows_seen": sum(seen) if seen else None, "refit_history": again.history}
     tested = replace(fitted, best={"accuracy": fitted.best["accuracy"], "epoch": epochs, "state": final},

@@ -26,23 +26,20 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
-import getpass
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
-import signal
-import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import submitit
 from submitit.core import utils as submitit_utils
 from submitit.core.core import Job
+
+from daamflow.run.identity import settings_hash
+from daamflow.run.job_watch import Outcome, Tracked, Watch, cancel, job_alive, job_of, poll, slurm_states
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +48,6 @@ JOBS_FILE = "jobs.json"
 # A job that left the queue (or whose process ended) gets this long for its result file to appear (shared file
 # systems lag) before it counts as failed.
 RESULT_GRACE_S = 30.0
-# SLURM states after which a job never runs again; any other state listed by squeue is pending/running/requeueing.
-TERMINAL_STATES = frozenset(
-    {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-     "REVOKED", "TIMEOUT"}
-)
-# Pending reasons after which a job never starts unless an administrator changes the cluster or the request changes
-# (as opposed to e.g. Resources, Priority, Dependency, or the per-user/group limits, which clear as other jobs end).
-NEVER_REASONS = {
-    "PartitionConfig": "the request (CPUs, memory, GPUs or time) is more than the partition's nodes or limits allow",
-    "PartitionNodeLimit": "the request needs more nodes than the partition allows",
-    "PartitionTimeLimit": "timeout_min is longer than the partition's MaxTime",
-    "BadConstraints": "no node of the partition has the requested features (constraint) and resources together",
-    "InvalidAccount": "the account is not valid for this user or partition",
-    "InvalidQOS": "the QOS is not valid for this user, account or partition",
-    "DependencyNeverSatisfied": "a job it depends on failed",
-}
-# QOS/association limits on a single job or node (QOSMaxCpuPerJobLimit, AssocMaxGRESPerJob, QOSMinCpuNotSatisfied,
-# ...): the request itself is over the limit, so waiting does not help; per-user/group limits (QOSMaxJobsPerUserLimit,
-# AssocGrpCpuLimit) do clear.
-NEVER_LIMIT = re.compile(r"^(QOS|Assoc)(Max\w*Per(Job|Node)\w*|Min\w+)$")
 
 
 class LaunchError(RuntimeError):
@@ -129,39 +106,6 @@ def _system_exit(err: BaseException) -> SystemExit | None:
     return None
 
 
-@dataclass
-class Tracked:
-    """One call and the job that runs it."""
-
-    name: str
-    index: int
-    job: Job
-    missing_since: float | None = None  # first poll that saw the job neither queued/alive nor with a result
-    never_since: float | None = None  # first poll that saw it pending for a reason that means it never starts
-    state: str = "SUBMITTED"
-
-
-@dataclass
-class Outcome:
-    results: dict[int, Any] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Watch:
-    """How long to wait for what: the result grace, and the request and grace of jobs that can never start."""
-
-    result_grace_s: float
-    request: str = ""
-    never_grace_s: float = 60.0
-
-
-def digest(obj: Any) -> str:
-    """Short hash of canonical JSON (for a settings dict: the same value as train.settings_hash)."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 @functools.lru_cache(maxsize=1)
 def _schema_defaults() -> dict:
     from daamflow.config import schema
@@ -186,15 +130,6 @@ def resolve(launcher: dict | None) -> dict:
             f"({merged['timeout_min'] * 60}): the time-out signal would come before the job could do any work"
         )
     return merged
-
-
-def never_reason(reason: str) -> str | None:
-    """Why a job pending with SLURM's ``reason`` can never start, or None when waiting may help."""
-    if reason in NEVER_REASONS:
-        return NEVER_REASONS[reason]
-    if NEVER_LIMIT.match(reason):
-        return "the request is outside a per-job or per-node limit (maximum or minimum) of the QOS or association"
-    return None
 
 
 def request_summary(launcher: dict) -> str:
@@ -270,63 +205,6 @@ def make_executor(launcher: dict, name: str, folder: Path) -> submitit.Executor:
     return executor
 
 
-def slurm_queue() -> dict[str, tuple[str, str]] | None:
-    """job id ('123' or '123_4') -> (state, pending reason) for this user's jobs known to the controller; None if
-    squeue fails."""
-    cmd = ["squeue", "--noheader", "--array", "--states=all", f"--user={getpass.getuser()}", "--format=%i|%T|%r"]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
-    except (subprocess.SubprocessError, OSError) as err:
-        log.warning("squeue failed (%s); job states unknown this round", err)
-        return None
-    queue = {}
-    for line in out.splitlines():
-        job_id, _, rest = line.strip().partition("|")
-        state, _, reason = rest.partition("|")
-        if job_id:
-            # "ReqNodeNotAvail, UnavailableNodes:n1" -> "ReqNodeNotAvail"
-            queue[job_id] = (state.split()[0] if state.strip() else "UNKNOWN", reason.split(",")[0].strip())
-    return queue
-
-
-def slurm_states() -> dict[str, str] | None:
-    """job id -> state (see slurm_queue)."""
-    queue = slurm_queue()
-    return None if queue is None else {job_id: state for job_id, (state, _) in queue.items()}
-
-
-def _local_alive(pid: str, process: subprocess.Popen | None = None) -> bool:
-    if process is not None:  # submitted by this process: poll() also reaps it
-        return process.poll() is None
-    try:  # re-attached: only the pid is known; make sure it still is submitit's controller, not a reused pid
-        return b"submitit.local._local" in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return False
-
-
-def _alive(kind: str, job_id: str, states: dict[str, str] | None, process: subprocess.Popen | None = None) -> bool | None:
-    """True: pending/running; False: gone or ended; None: unknown this round (squeue failed)."""
-    if kind == "local":
-        return _local_alive(job_id, process)
-    if states is None:
-        return None
-    state = states.get(job_id)
-    return state is not None and state not in TERMINAL_STATES
-
-
-def _job(kind: str, folder: Path | str, job_id: str) -> Job:
-    cls = submitit.LocalJob if kind == "local" else submitit.SlurmJob
-    return cls(folder=folder, job_id=job_id)
-
-
-def _cancel(kind: str, job_id: str) -> None:
-    if kind == "local":
-        with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
-            os.kill(int(job_id), signal.SIGTERM)  # the controller forwards it to its task
-    else:
-        subprocess.run(["scancel", job_id], check=False, timeout=60)
-
-
 def read_jobs(out_dir: Path) -> dict:
     """The job record of ``out_dir`` ({} when there is none or it is unreadable)."""
     path = Path(out_dir) / JOBS_FILE
@@ -354,7 +232,7 @@ def plan(
         entry = recorded.get(name)
         if not entry or entry.get("kind") != kind:
             continue
-        alive = _alive(kind, entry["job_id"], states)
+        alive = job_alive(kind, entry["job_id"], states)
         if alive is None and kind == "slurm":
             raise RuntimeError(f"cannot tell whether job {entry['job_id']} ({name}) still runs: squeue failed; retry")
         if not alive:
@@ -371,8 +249,8 @@ def _entry(kind: str, kwargs: dict, job: Job, folder: Path) -> dict:
         "job_id": job.job_id,
         "kind": kind,
         "submitted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "call": digest(kwargs),
-        "settings_hash": digest(kwargs["settings"]) if "settings" in kwargs else None,
+        "call": settings_hash(kwargs),
+        "settings_hash": settings_hash(kwargs["settings"]) if "settings" in kwargs else None,
         "folder": str(folder),
         "stdout": str(job.paths.stdout),
         "stderr": str(job.paths.stderr),
@@ -397,72 +275,6 @@ def _submit(executor: submitit.Executor, fn: Callable, kind: str, batch: list[di
             jobs = [executor.submit(fn, **kwargs) for kwargs in batch]
         return jobs
     return [executor.submit(fn, **kwargs) for kwargs in batch]
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
-
-
-def _never_started(t: Tracked, reason: str, watch: Watch) -> str | None:
-    """Report a job pending for a reason that means it never starts; the failure message once its grace is over."""
-    why = never_reason(reason)
-    if why is None:
-        t.never_since = None
-        return None
-    message = (f"{t.name} (job {t.job.job_id}) can never start: SLURM keeps it PENDING ({reason}): {why}. "
-               f"Request: {watch.request}. Change the launcher block (or ask the cluster's administrators)")
-    if t.never_since is None:
-        t.never_since = time.monotonic()
-        log.error("%s; it is cancelled and fails in %.0f s (launcher.never_start_grace_s) unless it starts", message,
-                  watch.never_grace_s)
-        return None
-    if time.monotonic() - t.never_since < watch.never_grace_s:
-        return None
-    _cancel("slurm", t.job.job_id)
-    return f"{message}; cancelled after launcher.never_start_grace_s = {watch.never_grace_s:g} s"
-
-
-def _poll(tracked: list[Tracked], kind: str, outcome: Outcome, watch: Watch) -> list[Tracked]:
-    """One round: collect finished jobs into ``outcome``; return those still running."""
-    queue = slurm_queue() if kind == "slurm" else None
-    states = None if queue is None else {job_id: state for job_id, (state, _) in queue.items()}
-    still = []
-    for t in tracked:
-        job = t.job
-        if job.paths.result_pickle.exists():
-            error = job.exception()  # reads the result file; a FailedJobError carries the remote traceback
-            if error is None:
-                outcome.results[t.index] = job.result()
-                log.info("%s (job %s): finished", t.name, job.job_id)
-            else:
-                outcome.failures.append(f"{t.name} (job {job.job_id}): {error}")
-            continue
-        alive = _alive(kind, job.job_id, states, getattr(job, "_process", None))
-        if kind == "slurm":
-            state, reason = ("unknown", "") if queue is None else queue.get(job.job_id, ("gone", ""))
-            t.state = f"{state} ({reason})" if state == "PENDING" and reason not in ("", "None") else state
-            failure = _never_started(t, reason if state == "PENDING" else "", watch)
-            if failure:
-                outcome.failures.append(failure)
-                continue
-        else:
-            t.state = "running" if alive else "ended"
-        if alive or alive is None:
-            t.missing_since = None
-        elif t.missing_since is None:
-            t.missing_since = time.monotonic()
-        elif time.monotonic() - t.missing_since > watch.result_grace_s:
-            outcome.failures.append(
-                f"{t.name} (job {job.job_id}) ended (state {t.state}) without a result, e.g. killed, out of memory, "
-                f"or a failing setup line.\n  stderr: {job.paths.stderr}\n  stdout: {job.paths.stdout}\n"
-                f"--- last lines of stderr ---\n{_tail(job.paths.stderr)}"
-            )
-            continue
-        still.append(t)
-    return still
 
 
 def run_calls(
@@ -494,15 +306,15 @@ def run_calls(
         raise ValueError(f"run_calls: call names must be unique, got {names}")
     folder = log_folder(launcher, out_dir)
     job_name = job_name or "daamflow:" + "/".join(out_dir.absolute().parts[1:][-4:])
-    digests = [digest(kw) for kw in calls]
+    digests = [settings_hash(kw) for kw in calls]
 
     record = read_jobs(out_dir)
     states = slurm_states() if kind == "slurm" and record.get("jobs") else None
     attach, stale = plan(names, digests, kind, record, states)
     for entry in stale:
         log.warning("cancelling job %s: it runs a call whose settings changed", entry["job_id"])
-        _cancel(kind, entry["job_id"])
-    tracked = [Tracked(n, i, _job(kind, attach[n]["folder"], attach[n]["job_id"])) for i, n in enumerate(names) if n in attach]
+        cancel(kind, entry["job_id"])
+    tracked = [Tracked(n, i, job_of(kind, attach[n]["folder"], attach[n]["job_id"])) for i, n in enumerate(names) if n in attach]
     if tracked:
         log.info("re-attached to queued/running job(s) %s", ", ".join(f"{t.name}={t.job.job_id}" for t in tracked))
     todo = [i for i, n in enumerate(names) if n not in attach]
@@ -529,7 +341,7 @@ def run_calls(
             log.info("submitted %s (%s); logs in %s. If this process stops, the jobs go on and a rerun re-attaches "
                      "to them (cancel them with scancel/kill of the ids in %s)", ", ".join(
                          f"{names[i]}={j.job_id}" for i, j in zip(batch, jobs)), kind, folder, out_dir / JOBS_FILE)
-        tracked = _poll(tracked, kind, outcome, watch)
+        tracked = poll(tracked, kind, outcome, watch)
         status = ", ".join(f"{t.name} {t.state}" for t in tracked)
         if status and status != shown:  # the train log shows how the jobs move through the queue
             log.info("waiting: %s", status)

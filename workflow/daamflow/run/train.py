@@ -20,15 +20,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
-from daamflow.models import heads
-from daamflow.atomic import atomic_write, write_csv, write_json
+from daamflow.analysis.importance import read_fold_layers
+from daamflow.atomic import atomic_write, write_json
+from daamflow.catalog import SELECTIONS
 from daamflow.config import read_settings
 from daamflow.data.features import FEATURES, INDEX, load_store
-from daamflow.run.fit import conclude, finished, fit, fold_identity, fold_lock, refit, refits, resolve_device
 from daamflow.data.folds import Split, make_splits
-from daamflow.analysis.importance import read_fold_layers
+from daamflow.device import resolve_device
+from daamflow.models import heads
+from daamflow.run.dispatch import check_identity, run_folds
+from daamflow.run.fit import Learner, conclude, finished, fit, fold_lock, refit, refits
+from daamflow.run.identity import fold_identity
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,38 @@ def _evaluate(model, features: np.ndarray, rows: np.ndarray, layers: list[int] |
     pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
     density = None if density_sum is None else (density_sum / len(rows)).numpy()
     return pred, density
+
+
+class HeadLearner(Learner):
+    """``fit``'s view of a head on cached features. With ``density``, every prediction pass also keeps the mean DAAM
+    density map of its rows, and ``accumulate`` sums the selection passes' maps over the epochs (the released
+    attention maps accumulate over all epochs)."""
+
+    def __init__(self, model: torch.nn.Module, features: np.ndarray, layers: list[int] | None, batch_size: int,
+                 dev: torch.device, density: bool = False) -> None:
+        self.model, self.features, self.layers, self.batch_size, self.dev = model, features, layers, batch_size, dev
+        self.density, self.latest = density, None
+
+    def logits(self, rows: np.ndarray) -> torch.Tensor:
+        return self.model(_inputs(self.features, rows, self.layers, self.dev))
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        pred, self.latest = _evaluate(self.model, self.features, rows, self.layers, self.batch_size, self.dev,
+                                      with_density=self.density)
+        return pred
+
+    def weights(self) -> dict:
+        return self.model.state_dict()
+
+    def load_weights(self, state: dict) -> None:
+        self.model.load_state_dict(state)
+
+    def accumulate(self, total: dict | None) -> dict | None:
+        if self.latest is None:
+            return None
+        density = torch.from_numpy(self.latest)
+        return {"sum": density, "epochs": 1} if total is None else {"sum": total["sum"] + density,
+                                                                     "epochs": total["epochs"] + 1}
 
 
 def run_split(
@@ -95,37 +130,16 @@ def run_split(
         return torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
 
     optimiser = make_optimiser()
-
-    def predict(rows: np.ndarray) -> np.ndarray:
-        return _evaluate(model, features, rows, layers, hp["batch_size"], dev)[0]
-
-    latest = {}  # the density map of the latest selection pass (DAAM methods)
-
-    def select(rows: np.ndarray) -> np.ndarray:  # fit's selection pass, once per epoch
-        pred, latest["density"] = _evaluate(model, features, rows, layers, hp["batch_size"], dev, with_density=True)
-        return pred
-
-    def accumulate(total: dict | None) -> dict | None:
-        """Sum of every epoch's select-part density map: the released attention maps accumulate over all epochs."""
-        if latest.get("density") is None:
-            return None
-        density = torch.from_numpy(latest["density"])
-        return {"sum": density, "epochs": 1} if total is None else {"sum": total["sum"] + density,
-                                                                     "epochs": total["epochs"] + 1}
-
-    fitted = fit(model, optimiser, split, labels, settings, out_dir, dev,
-                 logits=lambda rows: model(_inputs(features, rows, layers, dev)), predict=select,
-                 weights=model.state_dict, load_weights=model.load_state_dict, inputs=inputs, accumulate=accumulate,
+    # the selection passes keep the density maps; the refit's passes and the test do not need them
+    selecting = HeadLearner(model, features, layers, hp["batch_size"], dev, density=True)
+    learner = HeadLearner(model, features, layers, hp["batch_size"], dev)
+    fitted = fit(selecting, optimiser, split, labels, settings, out_dir, dev, inputs=inputs,
                  stop_after_epoch=stop_after_epoch, progress=progress)
     tested, refitted = split, {"refit": False}
     if initial is not None:
-        fitted, tested, refitted = refit(
-            fitted, model, make_optimiser, initial, split, labels, settings, out_dir, dev,
-            logits=lambda rows: model(_inputs(features, rows, layers, dev)), predict=predict,
-            weights=model.state_dict, load_weights=model.load_state_dict, inputs=inputs,
-            stop_after_epoch=stop_after_epoch, progress=progress)
-    metrics = conclude(fitted, model, tested, labels, ids, num_classes, settings, out_dir, dev,
-                       predict=predict, load_weights=model.load_state_dict, inputs=inputs)
+        fitted, tested, refitted = refit(fitted, learner, make_optimiser, initial, split, labels, settings, out_dir,
+                                         dev, inputs=inputs, stop_after_epoch=stop_after_epoch, progress=progress)
+    metrics = conclude(fitted, learner, tested, labels, ids, num_classes, settings, out_dir, dev, inputs=inputs)
     metrics.update(refitted)
     _, density = _evaluate(model, features, split.select, layers, hp["batch_size"], dev, with_density=True)
     metrics.update({
@@ -175,13 +189,6 @@ def splits_of(store, settings: dict) -> list[Split]:
     )
 
 
-def check_identity(fold: str, expected: str, found: str, what: str) -> None:
-    """A fold job runs only on the inputs it was submitted for (its ``identity`` is part of the launcher's call)."""
-    if expected != found:
-        raise RuntimeError(f"{fold}: {what} changed after this fold was submitted (identity {found}, submitted as "
-                           f"{expected}); rerun the workflow to train on the current inputs")
-
-
 def run_fold(store_dir: Path, settings: dict, out_dir: Path, fold: str, identity: str, device: str = "auto",
              threads: int = 1) -> dict:
     """Run (or resume, or reuse) one fold/seed; a top-level function so that launchers can ship it to a worker.
@@ -224,76 +231,6 @@ def train_all(
                      store_dir=store_dir, device=device)
 
 
-def run_folds(
-    fold_fn,
-    splits: list[Split],
-    settings: dict,
-    out_dir: Path,
-    only: list[str] | None,
-    threads: int,
-    launcher: dict | None,
-    inputs: dict[str, str],
-    **call_args,
-) -> pd.DataFrame:
-    """Shared by train and finetune: run the unfinished folds (here, or as one job array through ``launcher``) with
-    ``fold_fn(fold=…, settings=…, out_dir=…, threads=…, identity=…, **call_args)``, then write ``out_dir/runs.csv``.
-
-    ``inputs`` (digests of the input files) and the settings make the folds' identity: a fold finished under another
-    identity runs again, and a queued job re-attaches only when its call (identity included) is the same.
-    """
-    if only:
-        unknown = sorted(set(only) - {s.name for s in splits})
-        if unknown:
-            raise ValueError(f"unknown fold/run {unknown}; this dataset has {[s.name for s in splits]}")
-        splits = [s for s in splits if s.name in only]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "settings.json", settings)
-    identity = fold_identity(settings, inputs)
-    todo = [s.name for s in splits if finished(out_dir / s.name, identity) is None]
-    calls = [dict(call_args, settings=settings, out_dir=out_dir, fold=f, threads=threads, identity=identity)
-             for f in todo]
-    if calls and launcher and launcher.get("kind", "inline") != "inline":
-        from daamflow.run.launch import run_calls
-
-        for call in calls:  # a fold job gets the CPUs it asked SLURM for, not the submitting job's threads
-            call["threads"] = launcher.get("cpus_per_task", threads)
-        run_calls(fold_fn, calls, launcher, out_dir)
-    else:
-        for kwargs in tqdm(calls, desc=f"{settings['method']} folds", disable=len(calls) < 2, leave=False):
-            fold_fn(**kwargs)
-    rows = []
-    for split in splits:
-        metrics = finished(out_dir / split.name, identity)
-        if metrics is None:  # a launcher that returned without the fold's metrics.json is a failure, never a success
-            raise RuntimeError(f"{split.name}: no finished metrics.json in {out_dir / split.name} after its run")
-        rows.append(run_row(settings, split.name, metrics))
-    frame = pd.DataFrame(rows)
-    write_csv(out_dir / "runs.csv", frame)
-    return frame
-
-
-def run_row(settings: dict, fold: str, metrics: dict) -> dict:
-    return {
-        "dataset": settings["dataset"],
-        "encoder": settings["encoder"],
-        "protocol": settings["protocol"],
-        "method": settings.get("label", settings["method"]),  # e.g. daam_v1@high for an ablation
-        "fold": fold,
-        "seed": metrics["seed"],
-        "accuracy": metrics["accuracy"],
-        "macro_f1": metrics["macro_f1"],
-        "best_epoch": metrics["best_epoch"],
-        "epochs_run": metrics["epochs_run"],
-        "params": metrics["params"],
-        "params_without_classifier": metrics["params_without_classifier"],
-        "wall_time_s": metrics["wall_time_s"],
-        "settings_hash": metrics["settings_hash"],
-        "identity": metrics["identity"],
-        "features_sha256": metrics["inputs"].get(FEATURES, ""),
-    }
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", required=True, type=Path, help="feature store directory (from `daamflow embed`)")
     p.add_argument("--out", required=True, type=Path, help="run directory: <out>/<fold>/… and <out>/runs.csv")
@@ -306,7 +243,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", default=None, help="comma-separated subset of folds/runs, e.g. fold1,fold3 (default all)")
     p.add_argument("--layers-from", type=Path, default=None,
                    help="layers.json from `daamflow importance map`: train on the layers of --selection only")
-    p.add_argument("--selection", choices=["high", "low", "random"], default=None,
+    p.add_argument("--selection", choices=SELECTIONS, default=None,
                    help="which layer set of --layers-from (the run is labelled <method>@<selection>)")
     p.add_argument("--label", default=None,
                    help="the run's method label in the tables (default <method>@<selection> with --selection)")

@@ -1,0 +1,222 @@
+"""The LoRA / LoRA+ model (docs/paper-notes.md#48-lora, docs/paper-notes.md#49-lora-plus): the frozen encoder with
+peft adapters on the configured target modules and a linear head on the masked mean of the last hidden state (embed's
+pooling rule), its optimiser, the weights a checkpoint keeps, and ``LoraLearner``, the model as ``fit`` sees it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from peft.optimizers import create_loraplus_optimizer
+
+from daamflow.data.batching import grouped_batches, make_inputs
+from daamflow.data.embed import load_model, masked_mean
+from daamflow.data.encoders import load_processor
+from daamflow.run.fit import Learner
+
+# What the released heads left at random initialisation, by modality (docs/paper-notes.md#48-lora):
+# WavLMForSequenceClassification's 256-wide projector (its classifier trained), LlamaForSequenceClassification's whole
+# `score` head, nothing for BEiT.
+RELEASED_FROZEN_HEAD = {"audio": "projector", "text": "all", "image": "none"}
+RELEASED_PROJECTOR = 256
+HEAD_INIT_STD = 0.02  # transformers' initializer_range: how the released (HF) heads were initialised
+
+
+def build_model(encoder_dir: Path | str, settings: dict, num_classes: int, dev: torch.device | None = None,
+                dtype: torch.dtype | None = None) -> tuple[torch.nn.ModuleDict, torch.nn.Module, list[str]]:
+    """The frozen encoder with peft LoRA adapters (``model["encoder"]``) and the linear head (``model["head"]``).
+
+    Seeded by the caller. The encoder loads as the embed step loads it (straight onto a GPU ``dev``); ``dtype`` is
+    its frozen weights' dtype (default float32), the adapters and head stay float32.
+    Returns (model on ``dev``, base encoder, resolved target list).
+    """
+    ft = settings["finetune"]
+    dev = torch.device("cpu") if dev is None else dev
+    base = load_model(encoder_dir, dev, dtype or torch.float32)
+    if hasattr(base, "freeze_feature_encoder"):
+        # WavLM's conv feature encoder otherwise marks its input as requiring grad (for gradient checkpointing), so
+        # every step back-propagated through the frozen convs on raw audio: half the step time, for no gradient
+        base.freeze_feature_encoder()
+    model_type = base.config.model_type
+    if model_type not in ft["targets"]:
+        raise ValueError(
+            f"no LoRA target modules for encoder model_type {model_type!r} ({encoder_dir}); set "
+            f"finetune.{'released_targets' if ft['quirks']['released_targets'] else 'targets'}.{model_type} "
+            f"(known: {sorted(ft['targets'])})"
+        )
+    targets = ft["targets"][model_type]
+    rank, quirks = ft["rank"], ft["quirks"]
+    lora = LoraConfig(
+        r=rank,
+        # peft scales the update by lora_alpha / r; the released code scaled it by α
+        lora_alpha=ft["alpha"] * rank if quirks["alpha_scaling"] else ft["alpha"],
+        target_modules=targets,
+        lora_dropout=ft["dropout"],
+        bias="none",
+    )
+    try:
+        encoder = get_peft_model(base, lora)  # freezes every encoder weight
+    except ValueError as err:
+        raise ValueError(f"LoRA targets {targets} for {model_type} ({encoder_dir}): {err}") from err
+    if quirks["released_init"]:  # the released LoRALayer: A ~ N(0, 1)/sqrt(r), B = 0 (peft's B is 0 already)
+        for name, param in encoder.named_parameters():
+            if "lora_A" in name:
+                torch.nn.init.normal_(param, std=rank ** -0.5)
+    head = _head(base.config.hidden_size, num_classes, ft["modality"], quirks["frozen_head"])
+    return torch.nn.ModuleDict({"encoder": encoder, "head": head}).to(dev), base, targets
+
+
+def _head(width: int, num_classes: int, modality: str, frozen_head: bool) -> torch.nn.Sequential:
+    frozen = RELEASED_FROZEN_HEAD[modality] if frozen_head else "none"
+    if frozen == "projector":  # pooled → projector (frozen) → classifier; HF projects before pooling, the same map
+        head = nn.Sequential(nn.Linear(width, RELEASED_PROJECTOR), nn.Linear(RELEASED_PROJECTOR, num_classes))
+    else:
+        head = nn.Sequential(nn.Linear(width, num_classes))
+    for layer in head:
+        nn.init.normal_(layer.weight, std=HEAD_INIT_STD)
+        nn.init.zeros_(layer.bias)
+    if frozen == "projector":
+        head[0].requires_grad_(False)
+    elif frozen == "all":
+        head.requires_grad_(False)
+    return head
+
+
+def make_optimiser(model: torch.nn.ModuleDict, settings: dict) -> torch.optim.Optimizer:
+    """AdamW over the trainable adapters and head; LoRA+: peft's optimiser (η for A, λη for B and 1-d params)."""
+    hp, ft = settings["hyper"], settings["finetune"]
+    if ft["loraplus_lr_ratio"] is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
+    # the released LoRA+ scripts built their parameter groups from the adapters only: the head never trained
+    scope = model["encoder"] if ft["quirks"]["loraplus_head_outside_optimiser"] else model
+    if scope is model["encoder"]:
+        model["head"].requires_grad_(False)  # the same outcome without computing gradients nobody applies
+    return create_loraplus_optimizer(
+        scope, torch.optim.AdamW, lr=hp["lr"], loraplus_lr_ratio=ft["loraplus_lr_ratio"],
+        loraplus_weight_decay=hp["weight_decay"],
+    )
+
+
+def optimised(optimiser: torch.optim.Optimizer) -> set[int]:
+    """ids of the parameters the optimiser updates."""
+    return {id(p) for group in optimiser.param_groups for p in group["params"]}
+
+
+def parameter_counts(model: torch.nn.ModuleDict, optimiser: torch.optim.Optimizer) -> dict:
+    """Trained parameters (those the optimiser updates): adapters + head, and their parts; the frozen encoder size."""
+    ids = optimised(optimiser)
+    adapters = [p for n, p in model["encoder"].named_parameters() if "lora_" in n]
+    trained_adapters = sum(p.numel() for p in adapters if id(p) in ids)
+    trained_head = sum(p.numel() for p in model["head"].parameters() if id(p) in ids)
+    return {
+        "params": trained_adapters + trained_head,
+        "params_without_classifier": trained_adapters,
+        "adapter_params": sum(p.numel() for p in adapters),
+        "head_params": sum(p.numel() for p in model["head"].parameters()),
+        "head_trained_params": trained_head,
+        "encoder_params": sum(p.numel() for n, p in model["encoder"].named_parameters() if "lora_" not in n),
+    }
+
+
+def adapter_state(model: torch.nn.ModuleDict) -> dict:
+    """The weights that are not the frozen encoder's: every adapter tensor and the whole head (CPU copies)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if "lora_" in k or k.startswith("head.")}
+
+
+def load_adapter_state(model: torch.nn.ModuleDict, state: dict) -> None:
+    """Put ``adapter_state`` weights back; every adapter and head tensor must be in ``state``."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    absent = [k for k in missing if "lora_" in k or k.startswith("head.")]
+    if unexpected or absent:
+        raise RuntimeError(f"adapter state does not fit the model: unexpected {unexpected[:5]}, missing {absent[:5]}")
+
+
+class Inputs:
+    """Batches of prepared samples for the model: embed's input pipelines and its pooling rule.
+
+    ``at_padding`` (quirks.logits_at_padding, text only): the released AG News LoRA script padded every text to
+    max_length with the eos token (padding="max_length", pad = eos) and its LlamaForSequenceClassification, whose
+    config has no pad_token_id, read the logits at the last position: a padding position for every text shorter than
+    max_length. So the batch is right-padded to max_length (attention mask 0 there) and the head reads that position.
+    """
+
+    def __init__(self, data_dir: Path, df: pd.DataFrame, modality: str, base: torch.nn.Module, encoder_dir: Path,
+                 max_length: int | None, at_padding: bool = False):
+        self.base = base  # maps an audio sample mask to the encoder's frame mask
+        self.pipeline = make_inputs(modality, df, data_dir, load_processor(encoder_dir, modality), base.config,
+                                    max_length if modality == "text" else None)
+        self.at_padding = at_padding
+
+    def feed(self, rows: np.ndarray) -> tuple[dict, torch.Tensor | None]:
+        """The model inputs of ``rows`` and the pooling mask (None: the head reads the last position)."""
+        _, feed, mask = self.pipeline.collate(rows)
+        if not self.at_padding:
+            return feed, mask
+        extra = self.pipeline.max_length - feed["input_ids"].shape[1]
+        return {"input_ids": F.pad(feed["input_ids"], (0, extra), value=self.pipeline.pad_id),
+                "attention_mask": F.pad(feed["attention_mask"], (0, extra), value=0)}, None
+
+    def logits(self, model: torch.nn.ModuleDict, rows: np.ndarray, dev: torch.device,
+               dtype: torch.dtype) -> torch.Tensor:
+        """Encoder → masked mean of the last hidden state (embed's rule) → head; at_padding: the last position."""
+        feed, mask = self.feed(rows)
+        hidden = model["encoder"](**self.pipeline.to_device(feed, dev, dtype)).last_hidden_state
+        if self.at_padding:
+            return model["head"](hidden[:, -1])
+        if mask is not None:
+            mask = mask.to(dev)
+            if self.pipeline.mask_in_samples:  # audio: the frames whose receptive field lies inside the clip
+                mask = self.base._get_feature_vector_attention_mask(hidden.shape[1], mask)
+        return model["head"](masked_mean(hidden, mask))
+
+
+def _gradient_watch(model: torch.nn.ModuleDict):
+    """A callable listing the trainable adapter tensors that no backward pass has reached so far.
+
+    Watched over a whole epoch, not one step: WavLM's layer drop skips whole layers in a step. An adapter never
+    reached sits on a module whose weight is read without calling it (WavLM's fused attention reads q/k/v directly).
+    """
+    watched = {n: p for n, p in model["encoder"].named_parameters() if "lora_" in n and p.requires_grad}
+    reached: set[str] = set()
+    for name, param in watched.items():
+        param.register_post_accumulate_grad_hook(lambda _, name=name: reached.add(name))
+    return lambda: sorted(set(watched) - reached)
+
+
+class LoraLearner(Learner):
+    """``fit``'s view of the LoRA model: a checkpoint keeps the adapters and the head, batches are grouped by length
+    with ``group_by_length``, and the first epoch's probe lists the adapter tensors no backward pass reached."""
+
+    def __init__(self, model: torch.nn.ModuleDict, inputs: Inputs, batch_size: int, dev: torch.device,
+                 dtype: torch.dtype, group_by_length: bool) -> None:
+        self.model, self.inputs, self.batch_size, self.dev, self.dtype = model, inputs, batch_size, dev, dtype
+        self.group_by_length = group_by_length
+        self.unreached = _gradient_watch(model)
+
+    def logits(self, rows: np.ndarray) -> torch.Tensor:
+        return self.inputs.logits(self.model, rows, self.dev, self.dtype)
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        preds = [self.logits(rows[start:start + self.batch_size]).argmax(dim=1).cpu()
+                 for start in range(0, len(rows), self.batch_size)]
+        return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+
+    def weights(self) -> dict:
+        return adapter_state(self.model)
+
+    def load_weights(self, state: dict) -> None:
+        load_adapter_state(self.model, state)
+
+    def batches(self, order: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
+        if not self.group_by_length:
+            return super().batches(order, batch_size, seed)
+        return grouped_batches(order, self.inputs.pipeline.lengths, batch_size, seed)
+
+    def after_first_epoch(self) -> list[str]:
+        return self.unreached()
