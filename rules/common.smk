@@ -38,11 +38,13 @@ def benchmark_file(stage, name):
     return targets.benchmark(config, stage, name)
 
 
-def table(template, caption, category, labels, subcategory=None, **fields):
-    """csv, md and tex of a table; the csv goes into `snakemake --report` with report/<caption>.rst."""
+def table(template, caption, category, subcategory=None, label=None, **fields):
+    """csv, md and tex of a table; the csv goes into `snakemake --report` with report/<caption>.rst, labelled
+    ``label`` (default: the table's file name)."""
     csv, *rest = targets.table_files(template, config, **fields)
-    rst = f"../report/{caption}.rst"
-    return [report(csv, caption=rst, category=category, subcategory=subcategory, labels=labels), *rest]
+    labels = {"table": label or os.path.basename(targets.stem(csv))}
+    return [report(csv, caption=f"../report/{caption}.rst", category=category, subcategory=subcategory, labels=labels),
+            *rest]
 
 
 def figure(template, caption, subcategory, label, **fields):
@@ -88,3 +90,10 @@ def dataset_resources(stage, mem_mb, runtime):
 
 
 TRAIN_RESOURCES = dataset_resources("train", mem_mb=2000, runtime=60)  # rules train, ablate*, probe
+# rules train and ablate*: the feature store, the run folder, the job's settings and the launcher
+HEAD_JOB_PARAMS = {
+    "store": lambda w, input: os.path.dirname(input.features),
+    "out": lambda w, output: os.path.dirname(output.runs),
+    "settings": lambda w: settings_json(train_settings(config, w.dataset, w.method, w.protocol)),
+    "launcher": launcher_json(),
+}

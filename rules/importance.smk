@@ -43,16 +43,13 @@ rule ablate:
     output:
         runs=out(targets.RUN_TABLE, method="{method}@{selection}"),
     params:
-        store=lambda w, input: os.path.dirname(input.features),
-        out=lambda w, output: os.path.dirname(output.runs),
-        settings=lambda w: settings_json(train_settings(config, w.dataset, w.method, w.protocol)),
-        launcher=launcher_json(),
+        **HEAD_JOB_PARAMS,
     conda:
         "../envs/daamflow.yaml"
     log:
-        log_file("ablate", "{dataset}_{encoder}_{protocol}_{method}@{selection}"),
+        log_file("ablate", f"{RUN}@{{selection}}"),
     benchmark:
-        benchmark_file("ablate", "{dataset}_{encoder}_{protocol}_{method}@{selection}")
+        benchmark_file("ablate", f"{RUN}@{{selection}}")
     threads: config["threads"]
     resources:
         **TRAIN_RESOURCES,
@@ -71,18 +68,15 @@ rule ablate_if_source:
     output:
         runs=out(targets.RUN_TABLE, method="{method}@high_if_{source}"),
     params:
-        store=lambda w, input: os.path.dirname(input.features),
-        out=lambda w, output: os.path.dirname(output.runs),
-        settings=lambda w: settings_json(train_settings(config, w.dataset, w.method, w.protocol)),
-        launcher=launcher_json(),
+        **HEAD_JOB_PARAMS,
     wildcard_constraints:
         source=alternatives(catalog.IF_SOURCES),
     conda:
         "../envs/daamflow.yaml"
     log:
-        log_file("ablate", "{dataset}_{encoder}_{protocol}_{method}@high_if_{source}"),
+        log_file("ablate", f"{RUN}@high_if_{{source}}"),
     benchmark:
-        benchmark_file("ablate", "{dataset}_{encoder}_{protocol}_{method}@high_if_{source}")
+        benchmark_file("ablate", f"{RUN}@high_if_{{source}}")
     threads: config["threads"]
     resources:
         **TRAIN_RESOURCES,
@@ -98,7 +92,7 @@ rule ablation_table:
         runs=lambda w: targets.ablation_run_tables(config, w.dataset),
         layers=[out(targets.IMPORTANCE, protocol=p, file="layers.json") for p in config["protocols"]],
     output:
-        tables=table(targets.ABLATION_TABLE, "ablation", "Tables", {"table": "{dataset}_ablation"}, "{dataset}"),
+        tables=table(targets.ABLATION_TABLE, "ablation", "Tables", "{dataset}"),
     params:
         stem=stem,
         layers=lambda w, input: [f"{p}={f}" for p, f in zip(config["protocols"], input.layers)],
@@ -145,7 +139,7 @@ rule correlate:
         probe=out(targets.PROBE),
         weights=lambda w: runs_of(w, "weighted_sum") if "weighted_sum" in config["methods"] else [],
     output:
-        tables=table(targets.IF_PROBE_TABLE, "if_probe", "Tables", {"table": "{dataset}_{protocol}_if_probe"}, "{dataset}"),
+        tables=table(targets.IF_PROBE_TABLE, "if_probe", "Tables", "{dataset}"),
         figure=figure(targets.IF_PROBE_FIGURE, "if_probe", "{dataset}", "IF vs probe accuracy ({protocol})"),
     params:
         probes=lambda w, input: os.path.dirname(input.probe),
@@ -168,8 +162,8 @@ rule learned_parameters:
     input:
         runs=targets.daam_run_tables(config),
     output:
-        tables=table(targets.LEARNED_TABLE, "learned_parameters", "Paper tables", {"table": "learned δ/ξ ranges"},
-                     "learned parameters"),
+        tables=table(targets.LEARNED_TABLE, "learned_parameters", "Paper tables", "learned parameters",
+                     "learned δ/ξ ranges"),
     params:
         runs=lambda w, input: [os.path.dirname(p) for p in input.runs],
         stem=stem,

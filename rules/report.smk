@@ -6,7 +6,7 @@ rule report_dataset:
         tables=[
             f
             for s in targets.dataset_table_stems(config, "{dataset}")
-            for f in table(s, "dataset_table", "Tables", {"table": os.path.basename(s)}, "{dataset}")
+            for f in table(s, "dataset_table", "Tables", "{dataset}")
         ],
         figure=figure(targets.ACCURACY_FIGURE, "accuracy_figure", "{dataset}", "{dataset} accuracy per fold/seed"),
     params:
@@ -30,8 +30,10 @@ rule paper_tables:
         tables=[
             f
             for p in config["protocols"]
-            for f in table(targets.VS_PAPER_TABLE, "paper_table", "Paper tables", {"table": f"{{dataset}} {p} vs paper"},
-                           "{dataset}", protocol=p)
+            for f in table(
+                targets.VS_PAPER_TABLE, "paper_table", "Paper tables", "{dataset}", f"{{dataset}} {p} vs paper",
+                protocol=p,
+            )
         ],
     params:
         tables=lambda w, output: os.path.dirname(output.tables[0]),
@@ -53,7 +55,7 @@ rule paper_summary:
     input:
         runs=[t for d in PAPER_DATASETS for t in targets.run_tables(config, d)],
     output:
-        tables=table(targets.PAPER_SUMMARY_TABLE, "paper_summary", "Paper tables", {"table": "paper summary"}, "summary"),
+        tables=table(targets.PAPER_SUMMARY_TABLE, "paper_summary", "Paper tables", "summary", "paper summary"),
     params:
         stem=stem,
         pairs=PAPER_PAIRS,
@@ -71,7 +73,7 @@ rule paper_summary:
 rule parameter_table:
     """The paper's parameter table (Table 1, Table 3) from the model registry at its encoder shapes, beside it."""
     output:
-        tables=table(targets.PARAMETERS_TABLE, "parameters", "Paper tables", {"table": "parameters"}, "parameters"),
+        tables=table(targets.PARAMETERS_TABLE, "parameters", "Paper tables", "parameters"),
     params:
         tables=lambda w, output: os.path.dirname(output.tables[0]),
     conda:
@@ -91,8 +93,8 @@ rule claims:
         runs=targets.run_tables(config),
         parameters=rules.parameter_table.output.tables[0],  # its csv
     output:
-        claims=table(targets.CLAIMS_TABLE, "claims", "Claims", {"table": "claims"}),
-        paired=table(targets.PAIRED_TABLE, "paired", "Claims", {"table": "paired comparisons"}),
+        claims=table(targets.CLAIMS_TABLE, "claims", "Claims"),
+        paired=table(targets.PAIRED_TABLE, "paired", "Claims", label="paired comparisons"),
         metrics=out(targets.CLAIMS_JSON),
     params:
         tables=lambda w, output: os.path.dirname(output.metrics),
@@ -119,7 +121,7 @@ rule quirk_table:
     input:
         runs=targets.run_tables(config) + targets.if_source_run_tables(config),
     output:
-        tables=table(targets.QUIRKS_TABLE, "quirks", "Claims", {"table": "quirk effects"}),
+        tables=table(targets.QUIRKS_TABLE, "quirks", "Claims", label="quirk effects"),
     params:
         stem=stem,
         alpha=config["claims"]["alpha"],
@@ -167,14 +169,7 @@ rule summary:
         paper_grid="--paper-grid" if targets.is_paper_grid(config) else "",
         pairs=PAPER_PAIRS,
         stand_ins=targets.stand_ins(config),
-        embed=[
-            f"{title}={out(stem)}.md"
-            for title, stem in [
-                *([("The paper's summary table", targets.PAPER_SUMMARY_TABLE)] if PAPER_DATASETS else []),
-                ("The paper's claims", targets.CLAIMS_TABLE),
-                ("Effects of the released code's quirks", targets.QUIRKS_TABLE),
-            ]
-        ],
+        embed=targets.summary_embeds(config),
     conda:
         "../envs/daamflow.yaml"
     log:

@@ -7,10 +7,7 @@ rule train:
     wildcard_constraints:
         method=alternatives(catalog.HEAD_METHODS),  # the LoRA methods go to rule finetune
     params:
-        store=lambda w, input: os.path.dirname(input.features),
-        out=lambda w, output: os.path.dirname(output.runs),
-        settings=lambda w: settings_json(train_settings(config, w.dataset, w.method, w.protocol)),
-        launcher=launcher_json(),
+        **HEAD_JOB_PARAMS,
     conda:
         "../envs/daamflow.yaml"
     log:

@@ -229,11 +229,19 @@ def curve_files(config: dict) -> list[str]:
     return out
 
 
+def summary_embeds(config: dict) -> list[str]:
+    """``TITLE=FILE``: the markdown tables summary.md shows in full."""
+    titled = [("The paper's summary table", PAPER_SUMMARY_TABLE)] if paper_datasets(config) else []
+    titled += [("The paper's claims", CLAIMS_TABLE), ("Effects of the released code's quirks", QUIRKS_TABLE)]
+    return [f"{title}={path(stem, config)}.md" for title, stem in titled]
+
+
 def report_tables(config: dict) -> list[str]:
     """Every table beyond the per-dataset ones: the paper's tables with ours beside them, the summary table, the
     parameter table, the claims, the paired comparisons and the quirk effects (all csv, md, tex), claims.json and the
     curves."""
-    stems = [PARAMETERS_TABLE, CLAIMS_TABLE, PAIRED_TABLE, QUIRKS_TABLE] + ([PAPER_SUMMARY_TABLE] if paper_datasets(config) else [])
+    stems = [PARAMETERS_TABLE, CLAIMS_TABLE, PAIRED_TABLE, QUIRKS_TABLE]
+    stems += [PAPER_SUMMARY_TABLE] if paper_datasets(config) else []
     out = [f for s in stems for f in table_files(s, config)] + [path(CLAIMS_JSON, config)]
     for name in paper_datasets(config):
         out += vs_paper_tables(config, name)
