@@ -33,8 +33,16 @@ def launcher_of_train_jobs(output: str) -> list[dict]:
 def test_profile_by_name_from_the_checkout_root(tmp_path):
     proc = snakemake("-n", "-p", "--profile", "slurm", "--configfile", str(configfile(tmp_path)), timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # a table job states no resources: it gets the profiles' defaults
+    job = (proc.stdout + proc.stderr).split("rule parameter_table:", 1)[1].split("\n\n", 1)[0]
+    assert "mem_mb=1000" in job and "runtime=10" in job
     launchers = launcher_of_train_jobs(proc.stdout + proc.stderr)
     assert len(launchers) == 2 and all(launcher["kind"] == "slurm" for launcher in launchers)
+
+
+def test_both_profiles_set_the_same_default_resources():
+    profiles = [yaml.safe_load((ROOT / f"profiles/{name}/config.yaml").read_text()) for name in ("default", "slurm")]
+    assert profiles[0]["default-resources"] == profiles[1]["default-resources"] == ["mem_mb=1000", "runtime=10"]
 
 
 def test_install_profile_then_by_name_from_anywhere(tmp_path):
