@@ -228,13 +228,14 @@ class AudioInputs(_Inputs):
         enc = self.extractor(waves, sampling_rate=self.rate, padding=self.padding, return_attention_mask=True,
                              return_tensors="np")
         values, mask = enc[self.input_name].astype(np.float32), enc["attention_mask"].astype(np.int64)
-        width = int(self.lengths[rows].max()) if self.input_name == "input_values" else mask.shape[1]
-        if width > values.shape[1]:  # pad_to beyond the longest clip: zeros, as the extractor's padding_value
-            extra = width - values.shape[1]
-            values = np.pad(values, ((0, 0), (0, extra)), constant_values=self.extractor.padding_value)
-            mask = np.pad(mask, ((0, 0), (0, extra)))
-        # pad_to rows: the zero padding counts as signal (no mask), as the released code fed it
-        mask |= (np.arange(width)[None, :] < self.pad_to[rows][:, None]).astype(np.int64)
+        if self.pad_to[rows].any():  # raw samples only (__init__ refuses pad_to for other inputs)
+            width = int(self.lengths[rows].max())
+            if width > values.shape[1]:  # pad_to beyond the longest clip: zeros, as the extractor's padding_value
+                extra = width - values.shape[1]
+                values = np.pad(values, ((0, 0), (0, extra)), constant_values=self.extractor.padding_value)
+                mask = np.pad(mask, ((0, 0), (0, extra)))
+            # pad_to rows: the zero padding counts as signal (no mask), as the released code fed it
+            mask |= (np.arange(width)[None, :] < self.pad_to[rows][:, None]).astype(np.int64)
         values, mask = torch.from_numpy(values), torch.from_numpy(mask)
         inputs = {self.input_name: values}
         # models trained without a mask (e.g. wav2vec2-base) expect plain zero padding, as in their own recipe

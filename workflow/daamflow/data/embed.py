@@ -8,6 +8,11 @@ only, so padding never changes a sample's features:
   sample mask, ``_get_feature_vector_attention_mask``); a row with ``pad_to`` counts its zero padding as signal;
 - images: every token, the CLS token included (images are never padded).
 
+An encoder spec may ask for ``pooling: last_token`` instead (text only; meant for decoders, whose last token has seen
+the whole text): per layer, the state of the last token with attention_mask 1. An encoder-decoder model (T5, Whisper)
+is embedded by its encoder. A model whose hidden states are not one (batch, positions, hidden_size) tensor per layer
+(hierarchical vision models, two-tower models) is refused with the shapes it returned.
+
 Pipeline (built for GPUs; the same code runs on a CPU): batches are formed from length-sorted samples
 (``daamflow.data.batching``), decoded in DataLoader workers, and pooled on the device; only whole batches pass through
 Python. Pooled float16 rows go into a preallocated ``features.npy`` memory map in a scratch folder beside the
@@ -32,16 +37,18 @@ from daamflow.data.batching import make_inputs, plan_batches
 from daamflow.data.encoders import load_processor, read_encoder_info
 from daamflow.data.features import DTYPE, FEATURES, adopt_store
 from daamflow.data.manifest import MANIFEST_COLUMNS, read_prepared, sha256_file, write_json
+from daamflow.device import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 LAYER_CHOICES = ("blocks", "all")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 PROGRESS = "progress.json"
 POOLING = {
     "text": "mean over tokens with attention_mask=1 (special tokens included), right padding",
     "audio": "mean over valid frames (model frame mask from the sample attention mask; pad_to rows: all frames)",
     "image": "mean over all tokens (CLS + patches)",
 }
+POOLINGS = ("mean", "last_token")
+LAST_TOKEN = "state of the last token with attention_mask=1 (right padding)"
 
 
 def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, batch_size: int = 16,
@@ -77,11 +84,14 @@ def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, ba
     if info["modality"] != modality:
         raise ValueError(f"encoder {info['name']} takes {info['modality']} input but dataset {meta['source']} "
                          f"({data_dir}) is {modality}")
-    dev, compute_dtype = resolve_device(device, dtype)
+    dev = resolve_device(device)
+    compute_dtype = resolve_dtype(dev, dtype)
 
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(encoder_dir)
+    pooling = info["spec"].get("pooling", "mean")
+    check_poolable(config, modality, pooling, info["name"])
     inputs = make_inputs(modality, df, data_dir, load_processor(encoder_dir, modality), config, max_length)
     batches = plan_batches(inputs.lengths, batch_size)
     num_states = config.num_hidden_layers + 1
@@ -95,6 +105,7 @@ def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, ba
     fingerprint = {
         "shape": list(shape), "settings": settings, "encoder_weights_sha256": info["weights"],
         "data": {name: sha256_file(data_dir / name) for name in ("manifest.csv", "meta.json")},
+        "pooling": pooling,
     }
     scratch = Scratch(out_dir.parent / f".{out_dir.name}.partial", shape, fingerprint)
     resumed_at = scratch.done
@@ -104,7 +115,7 @@ def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, ba
     if resumed_at < len(batches):
         model = load_model(encoder_dir, dev, compute_dtype)
         t0, cpu0 = time.perf_counter(), time.process_time()
-        _extract(model, inputs, batches, keep, dev, compute_dtype, scratch, max(1, shard_rows // batch_size),
+        _extract(model, inputs, batches, keep, pooling, dev, compute_dtype, scratch, max(1, shard_rows // batch_size),
                  num_workers, ids=df["id"].to_numpy(), desc=f"embed {meta['source']} with {info['name']}",
                  progress=progress)
         extract_seconds, extract_cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
@@ -119,7 +130,7 @@ def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, ba
         "dataset_seed": meta["seed"],
         "modality": modality,
         **settings,
-        "pooling": POOLING[modality],
+        "pooling": POOLING[modality] if pooling == "mean" else LAST_TOKEN,
         "timing": {
             "resumed_at_batch": resumed_at, "batches": len(batches), "extract_seconds": round(extract_seconds, 3),
             "extract_cpu_seconds": round(extract_cpu_seconds, 3),  # this process (threads), not its workers
@@ -131,7 +142,8 @@ def embed(data_dir: Path | str, encoder_dir: Path | str, out_dir: Path | str, ba
     return store
 
 
-def _extract(model, inputs, batches: list[np.ndarray], keep: list[int], dev, compute_dtype, scratch: Scratch,
+def _extract(model, inputs, batches: list[np.ndarray], keep: list[int], pooling: str, dev, compute_dtype,
+             scratch: Scratch,
              shard_batches: int, num_workers: int, ids: np.ndarray, desc: str, progress: bool) -> None:
     """Run the batches from ``scratch.done`` on, pooling on the device and committing every ``shard_batches``."""
     import torch
@@ -139,6 +151,7 @@ def _extract(model, inputs, batches: list[np.ndarray], keep: list[int], dev, com
     from tqdm.auto import tqdm
 
     num_states = model.config.num_hidden_layers + 1
+    pool = masked_mean if pooling == "mean" else last_token
     # decoders (Llama) would otherwise fill a key/value cache as large as the hidden states, for nothing
     options = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
     first = done = scratch.done
@@ -153,15 +166,13 @@ def _extract(model, inputs, batches: list[np.ndarray], keep: list[int], dev, com
                                          disable=not progress):
                 feed = inputs.to_device(feed, dev, compute_dtype)
                 hidden = model(**feed, **options, output_hidden_states=True).hidden_states
-                if len(hidden) != num_states:
-                    raise RuntimeError(f"{type(model).__name__} returned {len(hidden)} hidden states, "
-                                       f"expected num_hidden_layers + 1 = {num_states}")
+                check_hidden(model, hidden, num_states, len(rows))
                 if mask is not None:
                     mask = mask.to(dev, non_blocking=True)
-                    if inputs.mask_in_samples:  # audio: sample mask → the frames whose receptive field is inside
-                        mask = model._get_feature_vector_attention_mask(hidden[0].shape[1], mask)
+                    if inputs.mask_in_samples:  # audio: input mask → the frames whose receptive field is inside
+                        mask = frame_mask(model, mask, hidden[0].shape[1])
                 # layer by layer: stacking all states first would need (batch, layers, tokens, width) memory
-                pending.append((rows, torch.stack([masked_mean(hidden[i], mask) for i in keep], 1).to(torch.float16)))
+                pending.append((rows, torch.stack([pool(hidden[i], mask) for i in keep], 1).to(torch.float16)))
                 done += 1
                 if done % shard_batches == 0 or done == len(batches):
                     rows = np.concatenate([r for r, _ in pending])
@@ -245,7 +256,48 @@ def load_model(encoder_dir: Path | str, dev, compute_dtype):
     Llama-2-13B never passes through host memory as a whole)."""
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(encoder_dir, dtype=compute_dtype, device_map=dev).eval()
+    model = AutoModel.from_pretrained(encoder_dir, dtype=compute_dtype, device_map=dev).eval()
+    return model.get_encoder() if model.config.is_encoder_decoder else model
+
+
+def check_poolable(config, modality: str, pooling: str, name: str) -> None:
+    """Refuse, before any forward pass, an encoder whose config gives no per-layer width, or a pooling that does
+    not apply to the modality."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"encoder {name}: pooling must be one of {POOLINGS}, got {pooling!r}")
+    if pooling == "last_token" and modality != "text":
+        raise ValueError(f"encoder {name}: pooling last_token applies to text only; this dataset is {modality}")
+    missing = [key for key in ("num_hidden_layers", "hidden_size") if not isinstance(getattr(config, key, None), int)]
+    if missing:
+        raise ValueError(
+            f"encoder {name} ({type(config).__name__}) cannot be pooled per layer: its config has no {missing}. "
+            f"A multi-tower model (e.g. CLIP) must be saved as the one tower to embed with (CLIPVisionModel)")
+
+
+def check_hidden(model, hidden, num_states: int, batch: int) -> None:
+    """Every hidden state must be one (batch, positions, hidden_size) tensor, one per layer plus the embeddings."""
+    name = type(model).__name__
+    if hidden is None or len(hidden) != num_states:
+        raise RuntimeError(f"{name} returned {0 if hidden is None else len(hidden)} hidden states, expected "
+                           f"num_hidden_layers + 1 = {num_states}")
+    width = model.config.hidden_size
+    shapes = [tuple(h.shape) for h in hidden]
+    if any(len(s) != 3 or s[0] != batch or s[2] != width for s in shapes):
+        raise ValueError(f"{name} cannot be pooled per layer: its hidden states have shapes {shapes}, expected "
+                         f"(batch, positions, hidden_size={width}) for every layer")
+
+
+def frame_mask(model, mask, frames: int):
+    """The encoder frames of an audio model whose input span lies inside the clip: the model's own output-length
+    rule (``_get_feat_extract_output_lengths``) applied to the valid input samples or feature frames of ``mask``."""
+    import torch
+
+    lengths = getattr(model, "_get_feat_extract_output_lengths", None)
+    if lengths is None:
+        raise ValueError(f"{type(model).__name__} gives no rule from input length to frames "
+                         f"(_get_feat_extract_output_lengths): its padded frames cannot be told from the clip's")
+    valid = lengths(mask.sum(-1)).to(torch.long)
+    return torch.arange(frames, device=mask.device)[None, :] < valid[:, None]
 
 
 def masked_mean(states, mask):
@@ -259,19 +311,11 @@ def masked_mean(states, mask):
     return total / weights.sum(1).clamp_min(1.0)[:, None]
 
 
-def resolve_device(device: str, dtype: str = "auto"):
-    """(torch.device, torch dtype) for a device name and a dtype name (see ``embed``)."""
+def last_token(states, mask):
+    """The state at the last position where ``mask`` (B, T) is 1 (right padding; the last one if None) → float32."""
     import torch
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available; use device='cpu' or 'auto'")
-    if dtype != "auto":
-        return dev, getattr(torch, dtype)
-    if dev.type == "cuda":
-        return dev, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return dev, torch.float32
+    if mask is None:
+        return states[:, -1].float()
+    last = mask.to(states.device, dtype=torch.long).sum(1) - 1
+    return states[torch.arange(states.shape[0], device=states.device), last].float()
