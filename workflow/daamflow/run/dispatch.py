@@ -4,6 +4,8 @@ defined here once for the writer and every reader.
 """
 from __future__ import annotations
 
+import argparse
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -11,10 +13,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from daamflow.atomic import write_csv, write_json
+from daamflow.config import read_settings
 from daamflow.data.features import FEATURES
 from daamflow.data.folds import Split
-from daamflow.run.fit import finished
+from daamflow.run.fit import finished, fold_lock
 from daamflow.run.identity import fold_identity
+
+log = logging.getLogger(__name__)
 
 # runs.csv: one row per fold/seed, in this column order
 RUNS_COLUMNS = (
@@ -57,19 +62,32 @@ def check_identity(fold: str, expected: str, found: str, what: str) -> None:
                            f"{expected}); rerun the workflow to train on the current inputs")
 
 
+def unless_finished(fold_dir: Path, identity: str, same: str, train: Callable[[], dict]) -> dict:
+    """A fold job under the fold's lock: its metrics when it finished under ``identity`` (``same`` names what that
+    means, for the log), else ``train()``."""
+    with fold_lock(fold_dir):
+        metrics = finished(fold_dir, identity)
+        if metrics is not None:
+            log.info("%s: finished earlier with the same %s; reused", fold_dir.name, same)
+            return metrics
+        return train()
+
+
 def run_folds(
     fold_fn: Callable[..., dict],
     splits: list[Split],
     settings: dict,
     out_dir: Path,
-    only: list[str] | None,
-    threads: int,
-    launcher: dict | None,
     inputs: dict[str, str],
+    *,
+    only: list[str] | None = None,
+    threads: int = 1,
+    launcher: dict | None = None,
     **call_args,
 ) -> pd.DataFrame:
-    """Run the unfinished folds (here, or as one job array through ``launcher``) with
-    ``fold_fn(fold=…, settings=…, out_dir=…, threads=…, identity=…, **call_args)``, then write ``out_dir/runs.csv``.
+    """Run the unfinished folds (all, or those in ``only``; here, or as one job array through ``launcher``, see
+    daamflow.run.launch) with ``fold_fn(fold=…, settings=…, out_dir=…, threads=…, identity=…, **call_args)``, then
+    write ``out_dir/runs.csv``. Finished folds are reused.
 
     ``inputs`` (digests of the input files) and the settings make the folds' identity: a fold finished under another
     identity runs again, and a queued job re-attaches only when its call (identity included) is the same.
@@ -104,3 +122,22 @@ def run_folds(
     frame = pd.DataFrame(rows)
     write_csv(out_dir / "runs.csv", frame)
     return frame
+
+
+def add_fold_arguments(p: argparse.ArgumentParser) -> None:
+    """Options ``daamflow train`` and ``daamflow finetune`` share; ``add_launcher_argument`` adds ``--launcher`` after
+    a command's own options, where its help has always listed it."""
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--folds", default=None, help="comma-separated subset of folds/runs, e.g. fold1,fold3 (default all)")
+
+
+def add_launcher_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--launcher", default=None,
+                   help="launcher JSON (inline or a file): {kind: inline|local|slurm, ...}; default: in this process")
+
+
+def fold_options(args: argparse.Namespace) -> dict:
+    """``run_folds``' ``only``, ``threads`` and ``launcher`` from the command line."""
+    return {"only": args.folds.split(",") if args.folds else None, "threads": args.threads,
+            "launcher": read_settings(args.launcher) if args.launcher else None}

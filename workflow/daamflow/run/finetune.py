@@ -27,8 +27,10 @@ from daamflow.data.encoders import read_encoder_info
 from daamflow.data.folds import Split, make_splits
 from daamflow.data.manifest import read_prepared, sha256_file
 from daamflow.device import resolve_device, resolve_dtype
-from daamflow.run.dispatch import check_identity, run_folds
-from daamflow.run.fit import conclude, finished, fit, fold_lock, refit, refits, use_amp
+from daamflow.run.dispatch import (
+    add_fold_arguments, add_launcher_argument, check_identity, fold_options, run_folds, unless_finished,
+)
+from daamflow.run.fit import conclude, finished, fit, refit, refits, use_amp
 from daamflow.run.identity import fold_identity
 from daamflow.run.lora_model import (
     Inputs, LoraLearner, adapter_state, build_model, load_adapter_state, make_optimiser, parameter_counts,
@@ -156,14 +158,13 @@ def run_fold(data_dir: Path | str, encoder_dir: Path | str, settings: dict, out_
     splits = splits_of(data, settings)
     split = {s.name: s for s in splits}[fold]
     fold_dir = Path(out_dir) / fold
-    with fold_lock(fold_dir):
-        metrics = finished(fold_dir, identity)
-        if metrics is not None:
-            log.info("%s: finished earlier with the same settings, data and encoder; reused", fold)
-            return metrics
+
+    def train() -> dict:  # under the fold's lock: the previous fold (model_across_folds) is read there
         carry_from = _previous_fold(splits, fold, settings, Path(out_dir), identity)
         return run_split(data, encoder_dir, split, settings, fold_dir, device, progress=False,
                          carry_from=carry_from, inputs=inputs)
+
+    return unless_finished(fold_dir, identity, "settings, data and encoder", train)
 
 
 def _previous_fold(splits: list[Split], fold: str, settings: dict, out_dir: Path, identity: str) -> Path | None:
@@ -182,20 +183,10 @@ def _previous_fold(splits: list[Split], fold: str, settings: dict, out_dir: Path
     return previous
 
 
-def finetune_all(
-    data_dir: Path | str,
-    encoder_dir: Path | str,
-    settings: dict,
-    out_dir: Path | str,
-    device: str = "auto",
-    only: list[str] | None = None,
-    threads: int = 1,
-    launcher: dict | None = None,
-) -> pd.DataFrame:
-    """Run every fold/seed (or those in ``only``) and write ``out_dir/runs.csv``; finished folds are reused.
-
-    ``launcher`` (see daamflow.run.launch) sends the unfinished folds out as one job array; by default they run here.
-    """
+def finetune_all(data_dir: Path | str, encoder_dir: Path | str, settings: dict, out_dir: Path | str,
+                 device: str = "auto", launcher: dict | None = None, **options) -> pd.DataFrame:
+    """Every fold/seed of a LoRA method, and ``out_dir/runs.csv``: ``dispatch.run_folds`` (``options``: only,
+    threads) over the prepared data's splits."""
     data_dir, encoder_dir, out_dir = Path(data_dir), Path(encoder_dir), Path(out_dir)
     data = Prepared.read(data_dir)
     meta = data.meta
@@ -210,8 +201,8 @@ def finetune_all(
                     "run one after another in this process instead of as a %s job array", launcher.get("kind"))
         launcher = None
     # no feature store: features_sha256 stays empty in runs.csv
-    return run_folds(run_fold, splits, settings, out_dir, only, threads, launcher, fold_inputs(data_dir, encoder_dir),
-                     data_dir=data_dir, encoder_dir=encoder_dir, device=device)
+    return run_folds(run_fold, splits, settings, out_dir, fold_inputs(data_dir, encoder_dir), launcher=launcher,
+                     data_dir=data_dir, encoder_dir=encoder_dir, device=device, **options)
 
 
 # ------------------------------------------------------------------------------------------------------------- CLI
@@ -222,11 +213,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--settings", required=True,
                    help="JSON (inline or a file) from daamflow.run.lora_settings.finetune_settings: method, protocol, "
                         "seed, evaluation, hyper, finetune")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--folds", default=None, help="comma-separated subset of folds/runs, e.g. fold1,fold3 (default all)")
-    p.add_argument("--launcher", default=None,
-                   help="launcher JSON (inline or a file): {kind: inline|local|slurm, ...}; default: in this process")
+    add_fold_arguments(p)
+    add_launcher_argument(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -235,9 +223,7 @@ def main(args: argparse.Namespace) -> int:
     if "finetune" not in settings:
         raise SystemExit("--settings: no 'finetune' block; make the settings with "
                          "daamflow.run.lora_settings.finetune_settings")
-    only = args.folds.split(",") if args.folds else None
-    launcher = read_settings(args.launcher) if args.launcher else None
-    frame = finetune_all(args.data, args.encoder, settings, args.out, args.device, only, args.threads, launcher)
+    frame = finetune_all(args.data, args.encoder, settings, args.out, args.device, **fold_options(args))
     log.info("%s/%s/%s: accuracy %s", settings["dataset"], settings["protocol"],
              settings.get("label", settings["method"]), ", ".join(f"{a:.3f}" for a in frame["accuracy"]))
     return 0

@@ -29,8 +29,10 @@ from daamflow.data.features import FEATURES, INDEX, load_store
 from daamflow.data.folds import Split, make_splits
 from daamflow.device import resolve_device
 from daamflow.models import heads
-from daamflow.run.dispatch import check_identity, run_folds
-from daamflow.run.fit import Learner, conclude, finished, fit, fold_lock, refit, refits
+from daamflow.run.dispatch import (
+    add_fold_arguments, add_launcher_argument, check_identity, fold_options, run_folds, unless_finished,
+)
+from daamflow.run.fit import Learner, conclude, fit, refit, refits
 from daamflow.run.identity import fold_identity
 
 log = logging.getLogger(__name__)
@@ -201,34 +203,20 @@ def run_fold(store_dir: Path, settings: dict, out_dir: Path, fold: str, identity
     check_identity(fold, identity, fold_identity(settings, inputs), f"feature store {store_dir}")
     split = {s.name: s for s in splits_of(store, settings)}[fold]
     fold_dir = Path(out_dir) / fold
-    with fold_lock(fold_dir):
-        metrics = finished(fold_dir, identity)
-        if metrics is not None:
-            log.info("%s: finished earlier with the same settings and features; reused", fold)
-            return metrics
-        ids = store.index["id"].astype(str).to_numpy()
-        num_classes = int(store.labels.max()) + 1
-        return run_split(store.features, store.labels, ids, num_classes, split, settings, fold_dir, device,
-                         progress=False, inputs=inputs)
+    ids = store.index["id"].astype(str).to_numpy()
+    num_classes = int(store.labels.max()) + 1
+    return unless_finished(fold_dir, identity, "settings and features", lambda: run_split(
+        store.features, store.labels, ids, num_classes, split, settings, fold_dir, device, progress=False,
+        inputs=inputs))
 
 
-def train_all(
-    store_dir: Path,
-    settings: dict,
-    out_dir: Path,
-    device: str = "auto",
-    only: list[str] | None = None,
-    threads: int = 1,
-    launcher: dict | None = None,
-) -> pd.DataFrame:
-    """Run every fold/seed (or those in ``only``) and write ``out_dir/runs.csv``; finished folds are reused.
-
-    ``launcher`` (see daamflow.run.launch) sends the unfinished folds out as one job array; by default they run here.
-    """
+def train_all(store_dir: Path, settings: dict, out_dir: Path, device: str = "auto", **options) -> pd.DataFrame:
+    """Every fold/seed of a head, and ``out_dir/runs.csv``: ``dispatch.run_folds`` (``options``: only, threads,
+    launcher) over the store's splits."""
     store = load_store(store_dir)  # checksums verified here, once, not in each fold job
     splits = splits_of(store, settings)
-    return run_folds(run_fold, splits, settings, out_dir, only, threads, launcher, store_inputs(store.manifest),
-                     store_dir=store_dir, device=device)
+    return run_folds(run_fold, splits, settings, out_dir, store_inputs(store.manifest), store_dir=store_dir,
+                     device=device, **options)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -238,17 +226,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--settings", required=True,
         help="JSON (inline or a file) from daamflow.config.train_settings: method, protocol, seed, evaluation, hyper, model_options",
     )
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--folds", default=None, help="comma-separated subset of folds/runs, e.g. fold1,fold3 (default all)")
+    add_fold_arguments(p)
     p.add_argument("--layers-from", type=Path, default=None,
                    help="layers.json from `daamflow importance map`: train on the layers of --selection only")
     p.add_argument("--selection", choices=SELECTIONS, default=None,
                    help="which layer set of --layers-from (the run is labelled <method>@<selection>)")
     p.add_argument("--label", default=None,
                    help="the run's method label in the tables (default <method>@<selection> with --selection)")
-    p.add_argument("--launcher", default=None,
-                   help="launcher JSON (inline or a file): {kind: inline|local|slurm, ...}; default: in this process")
+    add_launcher_argument(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -259,9 +244,7 @@ def main(args: argparse.Namespace) -> int:
     if args.layers_from is not None:  # every fold's own layers, hashed with the settings
         settings = {**settings, "layers": read_fold_layers(args.layers_from, args.selection),
                     "label": args.label or f"{settings['method']}@{args.selection}"}
-    only = args.folds.split(",") if args.folds else None
-    launcher = read_settings(args.launcher) if args.launcher else None
-    frame = train_all(args.features, settings, args.out, args.device, only, args.threads, launcher)
+    frame = train_all(args.features, settings, args.out, args.device, **fold_options(args))
     log.info("%s/%s/%s: accuracy %s", settings["dataset"], settings["protocol"], settings["method"],
              ", ".join(f"{a:.3f}" for a in frame["accuracy"]))
     return 0
