@@ -24,7 +24,7 @@ SUBMITIT_LOGS = "{R}/logs/submitit"
 LOG = "{R}/logs/{stage}/{name}.log"
 BENCHMARK = "{R}/benchmarks/{stage}/{name}.tsv"
 
-# tables: a stem, written as csv, md and tex (table_files) unless noted
+# tables: a *_TABLE is a stem, written as csv, md and tex (table_files); the others are single files
 TABLES = "{R}/tables"
 PROTOCOL_TABLE = TABLES + "/{dataset}_{protocol}"
 PROTOCOLS_TABLE = TABLES + "/{dataset}_protocols"
@@ -35,11 +35,9 @@ LEARNED_TABLE = TABLES + "/learned_parameters"
 PAPER_SUMMARY_TABLE = TABLES + "/paper_summary"
 PARAMETERS_TABLE = TABLES + "/parameters"
 CLAIMS_TABLE = TABLES + "/claims"
+CLAIMS_JSON = TABLES + "/claims.json"
 PAIRED_TABLE = TABLES + "/paired"
 QUIRKS_TABLE = TABLES + "/quirks"
-TABLE_FORMATS = ("csv", "md", "tex")
-# single files
-CLAIMS_JSON = TABLES + "/claims.json"
 SUMMARY_MD = TABLES + "/summary.md"
 SUMMARY_JSON = TABLES + "/summary.json"
 VQVAE_CSV = TABLES + "/vqvae.csv"
@@ -48,12 +46,11 @@ HISTORY_CURVE = TABLES + "/curves/history/{dataset}_{protocol}_{method}.csv"
 LAYER_CURVE = TABLES + "/curves/layers/{dataset}_{protocol}.csv"
 
 # figures
-FIGURES = "{R}/figures"
-ACCURACY_FIGURE = FIGURES + "/{dataset}_accuracy.png"
-IF_HEATMAP = FIGURES + "/{dataset}_{protocol}_if_heatmap.png"
-IF_LAYERS = FIGURES + "/{dataset}_{protocol}_if_layers.png"
-IF_PROBE_FIGURE = FIGURES + "/{dataset}_{protocol}_if_probe.png"
-VQVAE_FIGURE = FIGURES + "/vqvae_reconstructions.png"
+ACCURACY_FIGURE = "{R}/figures/{dataset}_accuracy.png"
+IF_HEATMAP = "{R}/figures/{dataset}_{protocol}_if_heatmap.png"
+IF_LAYERS = "{R}/figures/{dataset}_{protocol}_if_layers.png"
+IF_PROBE_FIGURE = "{R}/figures/{dataset}_{protocol}_if_probe.png"
+VQVAE_FIGURE = "{R}/figures/vqvae_reconstructions.png"
 
 
 class _Wildcards(dict):
@@ -64,6 +61,9 @@ class _Wildcards(dict):
 def path(template: str, config: dict, **fields) -> str:
     """``template`` with the results folder and ``fields`` filled in; a field not given stays a ``{wildcard}``."""
     return template.format_map(_Wildcards(R=config["results_dir"], **fields))
+
+
+TABLE_FORMATS = ("csv", "md", "tex")
 
 
 def table_files(template: str, config: dict, **fields) -> list[str]:
