@@ -13,6 +13,7 @@ from daamflow.report import paired
 from daamflow.report import stats as S
 from daamflow.report.parameter_claims import parameter_claims
 from daamflow.report.runs import load_items
+from daamflow.run.dispatch import RUNS_COLUMNS
 from daamflow.report.published import load_published
 
 
@@ -322,9 +323,10 @@ def _write_run(root: Path, method: str, preds: dict[str, list[int]], labels: lis
         (run_dir / fold).mkdir(parents=True)
         pd.DataFrame({"id": [f"item{i}" for i in range(len(labels))], "label": labels, "pred": pred}).to_csv(
             run_dir / fold / "predictions.csv", index=False)
-        rows.append(dict(dataset=dataset, encoder="enc", protocol=protocol, method=method, fold=fold,
-                         accuracy=float(np.mean(np.equal(pred, labels))), params=10))
-    pd.DataFrame(rows).to_csv(run_dir / "runs.csv", index=False)
+        rows.append(dict.fromkeys(RUNS_COLUMNS, 0) | dict(
+            dataset=dataset, encoder="enc", protocol=protocol, method=method, fold=fold,
+            accuracy=float(np.mean(np.equal(pred, labels))), params=10))
+    pd.DataFrame(rows, columns=RUNS_COLUMNS).to_csv(run_dir / "runs.csv", index=False)
     return run_dir / "runs.csv"
 
 

@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 from daamflow.report import quirks
+from daamflow.run.dispatch import RUNS_COLUMNS
 from daamflow.report import cli as report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +92,7 @@ def test_cli_writes_the_three_tables(tmp_path):
     for (dataset, protocol, method), frame in runs.groupby(["dataset", "protocol", "method"]):
         path = tmp_path / dataset / protocol / method / "runs.csv"
         path.parent.mkdir(parents=True)
-        frame.to_csv(path, index=False)
+        frame.reindex(columns=RUNS_COLUMNS, fill_value=0).to_csv(path, index=False)  # a runs.csv: every column
         paths.append(str(path))
     parser = argparse.ArgumentParser()
     report.add_arguments(parser)

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from daamflow.report.runs import load_runs
+from daamflow.run.dispatch import RUNS_COLUMNS
 from daamflow.report.summary import summary
 from daamflow.report import figures
 from daamflow.report.dataset import dataset_report
@@ -23,7 +24,7 @@ def _runs(tmp_path):
                 rows.append(dict(dataset="toy", encoder="enc", protocol=protocol, method=method, fold=f"fold{i + 1}",
                                  seed=i, accuracy=a + shift, macro_f1=a, best_epoch=1, epochs_run=2,
                                  params=1000 if method == "mha" else 200, params_without_classifier=100,
-                                 wall_time_s=1.0, settings_hash="x", features_sha256="y"))
+                                 wall_time_s=1.0, settings_hash="x", identity="z", features_sha256="y"))
     frame = pd.DataFrame(rows)
     paths = []
     for (protocol, method), part in frame.groupby(["protocol", "method"]):
@@ -85,6 +86,20 @@ def test_accuracy_plot_draws_each_protocol_and_method(tmp_path):
 def test_missing_run_table_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         load_runs([tmp_path / "nope.csv"])
+
+
+def _runs_csv(rows: list[dict], path) -> None:
+    """A runs.csv of these rows, every other column of the schema 0."""
+    pd.DataFrame([dict.fromkeys(RUNS_COLUMNS, 0) | row for row in rows], columns=RUNS_COLUMNS).to_csv(path, index=False)
+
+
+def test_run_table_columns_are_checked(tmp_path):
+    path = tmp_path / "runs.csv"
+    _runs_csv([dict(dataset="toy", method="mha", fold="fold1", accuracy=0.5)], path)
+    assert load_runs([path])["accuracy_pct"].tolist() == [50.0]
+    pd.read_csv(path).drop(columns="identity").assign(extra=1).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"runs.csv.*missing columns \['identity'\], unexpected columns \['extra'\]"):
+        load_runs([path])
 
 
 # ---- the paper's tables beside ours ----------------------------------------------------------------------------
@@ -182,7 +197,7 @@ def _run_dir(root, dataset, protocol, method, histories):
         pd.DataFrame({"epoch": range(1, len(accs) + 1), "train_loss": [1.0] * len(accs), "select_accuracy": accs,
                       "lr": 0.1}).to_csv(run_dir / fold / "history.csv", index=False)
         rows.append(dict(dataset=dataset, protocol=protocol, method=method, fold=fold))
-    pd.DataFrame(rows).to_csv(run_dir / "runs.csv", index=False)
+    _runs_csv(rows, run_dir / "runs.csv")
     return run_dir / "runs.csv"
 
 
@@ -247,7 +262,7 @@ def _seeded_runs(root, correct: dict[str, list[int]], n_items: int = 50) -> list
                 run_dir / f"run{r}" / "predictions.csv", index=False)
             rows.append(dict(dataset="toy", encoder="enc", protocol="paper", method=method, fold=f"run{r}", seed=r,
                              accuracy=k / n_items, params=10))
-        pd.DataFrame(rows).to_csv(run_dir / "runs.csv", index=False)
+        _runs_csv(rows, run_dir / "runs.csv")
         paths.append(str(run_dir / "runs.csv"))
     return paths
 

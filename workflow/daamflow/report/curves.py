@@ -6,11 +6,12 @@ from pathlib import Path
 import pandas as pd
 
 from daamflow.atomic import write_csv
+from daamflow.report.runs import read_run_table
 
 
 def history_curve(run_table: Path) -> tuple[str, pd.DataFrame]:
     """Per-epoch selection accuracy (%) and training loss of one runs.csv, averaged over its folds/seeds."""
-    runs = pd.read_csv(run_table)
+    runs = read_run_table(run_table)
     frames = []
     for fold in runs["fold"]:
         path = Path(run_table).parent / fold / "history.csv"

@@ -7,13 +7,26 @@ from pathlib import Path
 import pandas as pd
 
 
+def read_run_table(path: Path) -> pd.DataFrame:
+    """One ``runs.csv``, its columns checked against the one schema its writer uses (``RUNS_COLUMNS``)."""
+    from daamflow.run.dispatch import RUNS_COLUMNS  # here, not at module level: it imports torch
+
+    table = pd.read_csv(path)
+    missing = [c for c in RUNS_COLUMNS if c not in table.columns]
+    unexpected = [c for c in table.columns if c not in RUNS_COLUMNS]
+    if missing or unexpected:
+        raise ValueError(f"{path}: not a runs.csv of daamflow.run.dispatch.RUNS_COLUMNS: missing columns {missing}, "
+                         f"unexpected columns {unexpected}")
+    return table
+
+
 def load_runs(paths: list[Path]) -> pd.DataFrame:
     """The run tables concatenated, with ``accuracy_pct`` (the report's unit: percent)."""
     frames = []
     for path in paths:
         if not path.exists():
             raise FileNotFoundError(f"run table missing: {path} (run `daamflow train` for it first)")
-        frames.append(pd.read_csv(path))
+        frames.append(read_run_table(path))
     if not frames:
         raise ValueError("no run tables given")
     runs = pd.concat(frames, ignore_index=True)
@@ -26,7 +39,7 @@ def load_items(run_tables: list[Path], datasets) -> pd.DataFrame:
     (``<run dir>/<fold>/predictions.csv``). Columns dataset, protocol, method, fold, id, correct (0/1)."""
     frames = []
     for table in map(Path, run_tables):
-        runs = pd.read_csv(table)
+        runs = read_run_table(table)
         for r in runs[runs["dataset"].isin(list(datasets))].itertuples():
             path = table.parent / r.fold / "predictions.csv"
             if not path.exists():
