@@ -321,7 +321,7 @@ def conclude(
 def refits(settings: dict) -> bool:
     """``hyper.refit`` under ``clean``: the dev split chose the epoch count, the tested model then trains on train +
     dev. Under ``paper`` the selection part is the test part, which must never be trained on: no refit."""
-    return bool(settings["hyper"].get("refit")) and settings["protocol"] == "clean"
+    return bool(settings["hyper"].get("refit")) and SELECTION_PART[settings["protocol"]] != "test"
 
 
 class _Refitting(Learner):

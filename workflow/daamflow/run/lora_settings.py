@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from daamflow.catalog import LORA_PATTERN, RELEASED
+from daamflow.catalog import LORA_PATTERN, RELEASED, base, variant
 from daamflow.config import training_hyper
 
 QUIRKS = ("alpha_scaling", "released_targets", "released_init", "frozen_head", "loraplus_head_outside_optimiser",
@@ -42,9 +42,8 @@ def parse_method(method: str) -> tuple[bool, int, bool]:
             f"fine-tuning method {method!r} is not lora_r<rank> or loraplus_r<rank>, optionally with '@{RELEASED}' "
             f"(e.g. lora_r4, loraplus_r8@released)"
         )
-    base, _, suffix = method.partition("@")
-    kind, rank = base.split("_r")
-    return kind == "loraplus", int(rank), suffix == RELEASED
+    kind, rank = base(method).split("_r")
+    return kind == "loraplus", int(rank), variant(method) == RELEASED
 
 
 def finetune_settings(config: dict, dataset: str, method: str, protocol: str) -> dict:
@@ -79,7 +78,7 @@ def finetune_settings(config: dict, dataset: str, method: str, protocol: str) ->
     settings = {
         "dataset": dataset,
         "encoder": ds["encoder"],
-        "method": method.partition("@")[0],
+        "method": base(method),
         "protocol": protocol,
         "seed": config["seed"],
         "evaluation": ds["evaluation"],
