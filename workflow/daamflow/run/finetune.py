@@ -130,8 +130,8 @@ def run_split(
 
 
 def fold_inputs(data_dir: Path, encoder_dir: Path) -> dict[str, str]:
-    """A LoRA fold's inputs for ``fit.fold_identity``: the prepared data manifest's sha256 and the encoder's weight
-    checksums (recorded in encoder.json when the encoder folder was built)."""
+    """A LoRA fold's inputs for ``identity.fold_identity``: the prepared data manifest's sha256 and the encoder's
+    weight checksums (recorded in encoder.json when the encoder folder was built)."""
     weights = read_encoder_info(encoder_dir)["weights"]
     return {DATA_MANIFEST: sha256_file(Path(data_dir) / "manifest.csv"),
             **{f"encoder/{name}": sha for name, sha in sorted(weights.items())}}

@@ -1,4 +1,5 @@
-"""One fold's training loop and run contract, shared by the heads (``train.py``) and the LoRA baselines (``finetune.py``).
+"""One fold's training loop and run contract (docs/architecture.md#3-run-contract), shared by the heads (``train.py``)
+and the LoRA baselines (``finetune.py``), each of which hands ``fit`` a ``Learner``: the model and how to run it.
 
 ``fit`` trains on ``split.train``, scores ``split.select`` after every epoch (ReduceLROnPlateau steps on that accuracy,
 the earliest best epoch is kept) and rewrites ``checkpoint.pt`` atomically. Resume is exact: the global generators
@@ -7,7 +8,7 @@ epoch e+1 ends with the numbers of an uninterrupted run. ``conclude`` restores t
 writes ``model.pt``, ``history.csv`` and ``predictions.csv``; the caller writes ``metrics.json`` last, whose presence
 (with the same fold identity, see ``finished``) marks the fold done.
 
-A fold's identity (``fold_identity``) is its settings hash together with the digests of what it reads (the feature
+A fold's identity (``identity.fold_identity``) is its settings hash together with the digests of what it reads (the feature
 store's files for a head; the prepared data and the encoder weights for LoRA): a finished fold, a checkpoint and a
 queued job are reused only under the same identity, so changed data retrains. Checkpoints load with
 ``weights_only=True``: a results file can hold tensors and plain containers, never code.

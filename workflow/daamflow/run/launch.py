@@ -13,13 +13,12 @@ the same call is requeued, at most ``max_requeues`` times; ``fn`` resumes from i
 
 Submission is idempotent: ``<out_dir>/jobs.json`` records each call's job id, submission time, launcher kind and
 digests. A rerun (a restarted Snakemake) re-attaches to recorded jobs that are still pending or running with the same
-call instead of submitting them again, and cancels recorded live jobs whose call changed. A job is finished when
-submitit's result file appears; it has failed when its result holds an error, or when it left the queue (or its
-process ended) without a result. State comes from ``squeue`` and the result files, never from ``sacct``, so clusters
-without accounting work and a job that dies before Python starts is reported instead of waited for forever.
-A job pending for a reason that means it can never start (``NEVER_REASONS``: e.g. more CPUs than any node has) is
-reported with its request and reason at once, and cancelled and failed after ``never_start_grace_s``.
-Any failure raises LaunchError with each failed call's remote traceback and log paths: never a silent success.
+call instead of submitting them again, and cancels recorded live jobs whose call changed. ``job_watch`` follows the
+jobs: a job is finished when submitit's result file appears; it has failed when its result holds an error, or when it
+left the queue (or its process ended) without a result. A job pending for a reason that means it can never start
+(``job_watch.NEVER_REASONS``: e.g. more CPUs than any node has) is reported with its request and reason at once, and
+cancelled and failed after ``never_start_grace_s``. Any failure raises LaunchError with each failed call's remote
+traceback and log paths: never a silent success.
 """
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ gathers the folds.
 
 Resume is exact: shuffling draws from a generator seeded by (seed, epoch), so a run restarted from
 ``checkpoint.pt`` at epoch e+1 ends with the numbers an uninterrupted run gives. A fold whose ``metrics.json``
-carries the same fold identity (settings hash and the store's checksums, ``fit.fold_identity``) is finished and never
-recomputed; changed settings or a changed store start the fold over.
+carries the same fold identity (settings hash and the store's checksums, ``identity.fold_identity``) is finished and
+never recomputed; changed settings or a changed store start the fold over.
 """
 from __future__ import annotations
 
