@@ -68,8 +68,8 @@ TABLE_FORMATS = ("csv", "md", "tex")
 
 def table_files(template: str, config: dict, **fields) -> list[str]:
     """The csv, md and tex files of one table stem."""
-    stem = path(template, config, **fields)
-    return [f"{stem}.{ext}" for ext in TABLE_FORMATS]
+    base = path(template, config, **fields)
+    return [f"{base}.{ext}" for ext in TABLE_FORMATS]
 
 
 def stem(table_file: str) -> str:
