@@ -13,7 +13,7 @@ from daamflow.report import paired
 from daamflow.report import stats as S
 from daamflow.report.parameter_claims import parameter_claims
 from daamflow.report.runs import load_items
-from daamflow.run.dispatch import RUNS_COLUMNS
+from daamflow.run.runs_table import RUNS_COLUMNS
 from daamflow.report.published import load_published
 
 

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from daamflow.report import quirks
-from daamflow.run.dispatch import RUNS_COLUMNS
+from daamflow.run.runs_table import RUNS_COLUMNS
 from daamflow.report import cli as report
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from daamflow.report.runs import load_runs
-from daamflow.run.dispatch import RUNS_COLUMNS
+from daamflow.run.runs_table import RUNS_COLUMNS
 from daamflow.report.summary import summary
 from daamflow.report import figures
 from daamflow.report.dataset import dataset_report

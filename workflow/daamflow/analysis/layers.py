@@ -29,11 +29,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
+from daamflow import catalog  # noqa: E402
 from daamflow.atomic import atomic_write, write_csv, write_json  # noqa: E402
 from daamflow.config import read_settings  # noqa: E402
 from daamflow.analysis.importance import (  # noqa: E402
     SOURCES, choose_layers, importance_factor, layer_share, per_layer_importance, read_fold_layers,
 )
+from daamflow.report.runs import read_run_table  # noqa: E402
 from daamflow.report.tables import write_table  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -145,7 +147,7 @@ def probe_table(probe_root: Path) -> pd.DataFrame:
     """Long table (layer 1-based, fold, accuracy) from the per-layer probe runs (``layer{l}/runs.csv``)."""
     frames = []
     for path in sorted(Path(probe_root).glob("layer*/runs.csv")):
-        frame = pd.read_csv(path)
+        frame = read_run_table(path)
         frame["layer"] = int(path.parent.name[len("layer"):]) + 1
         frames.append(frame[["layer", "fold", "accuracy"]])
     if not frames:
@@ -255,9 +257,9 @@ def ablation_table(run_tables: list[Path], layers_files: dict[str, Path]) -> pd.
     """High-IF vs low-IF vs random layers (and all layers), per protocol: folds, mean, std (population)."""
     rows = []
     for path in run_tables:
-        runs = pd.read_csv(path)
+        runs = read_run_table(path)
         method = runs["method"].iloc[0]
-        base, _, selection = method.partition("@")
+        base, selection = catalog.base(method), catalog.variant(method)
         protocol = runs["protocol"].iloc[0]
         layers = "all"
         if selection:

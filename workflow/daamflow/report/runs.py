@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from daamflow.run.runs_table import RUNS_COLUMNS
+
 
 def read_run_table(path: Path) -> pd.DataFrame:
     """One ``runs.csv``, its columns checked against the one schema its writer uses (``RUNS_COLUMNS``)."""
-    from daamflow.run.dispatch import RUNS_COLUMNS  # here, not at module level: it imports torch
-
     table = pd.read_csv(path)
     missing = [c for c in RUNS_COLUMNS if c not in table.columns]
     unexpected = [c for c in table.columns if c not in RUNS_COLUMNS]
     if missing or unexpected:
-        raise ValueError(f"{path}: not a runs.csv of daamflow.run.dispatch.RUNS_COLUMNS: missing columns {missing}, "
+        raise ValueError(f"{path}: not a runs.csv of daamflow.run.runs_table.RUNS_COLUMNS: missing columns {missing}, "
                          f"unexpected columns {unexpected}")
     return table
 

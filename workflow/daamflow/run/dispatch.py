@@ -18,28 +18,9 @@ from daamflow.data.features import FEATURES
 from daamflow.data.folds import Split
 from daamflow.run.fit import finished, fold_lock
 from daamflow.run.identity import fold_identity
+from daamflow.run.runs_table import RUNS_COLUMNS
 
 log = logging.getLogger(__name__)
-
-# runs.csv: one row per fold/seed, in this column order
-RUNS_COLUMNS = (
-    "dataset",                    # config key of the dataset
-    "encoder",                    # config key of the encoder
-    "protocol",                   # paper | clean
-    "method",                     # the run's label: <method> or <method>@<variant> (daam_v1@high, lora_r4@released)
-    "fold",                       # fold/seed name (fold1, run1, ...)
-    "seed",                       # the fold's training seed
-    "accuracy",                   # test accuracy of the selected model
-    "macro_f1",                   # test macro-F1 of the selected model
-    "best_epoch",                 # the selected epoch (the earliest with the best selection accuracy)
-    "epochs_run",                 # epochs trained
-    "params",                     # trained parameters, classifier included
-    "params_without_classifier",  # trained parameters without the classifier
-    "wall_time_s",                # training wall time of the fold (seconds)
-    "settings_hash",              # identity.settings_hash of the job's settings
-    "identity",                   # identity.fold_identity: settings and input digests
-    "features_sha256",            # the feature store's features.npy digest; empty for LoRA (no store)
-)
 
 
 def run_row(settings: dict, fold: str, metrics: dict) -> dict:
