@@ -90,3 +90,17 @@ def test_dry_run_fails_at_dag_build_naming_the_key(tmp_path):
     assert "datasets.iemocap.options.root: folder not found: /no/such/IEMOCAP_full_release" in out
     assert f"encoders.wavlm.id: folder not found: {tmp_path / 'wavlm-large'}" in out
     assert not (tmp_path / "results").exists() and not (ROOT / "no").exists()
+
+
+def test_config_command_checks_the_resources_too(tmp_path):
+    import subprocess
+    import sys
+
+    def validate(config):
+        return subprocess.run([sys.executable, "-m", "daamflow", "config", str(config)], capture_output=True, text=True)
+
+    missing = validate(paper_like(tmp_path, "/no/such/IEMOCAP_full_release"))
+    assert missing.returncode != 0
+    assert "datasets.iemocap.options.root: folder not found: /no/such/IEMOCAP_full_release" in missing.stderr
+    good = validate(ROOT / "config/config.yaml")
+    assert good.returncode == 0 and "valid" in good.stdout, good.stderr

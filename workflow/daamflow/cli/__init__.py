@@ -60,5 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(_load(COMMANDS[args.command][0]).main(args) or 0)
+    from daamflow.config import ConfigError
+
+    try:
+        return int(_load(COMMANDS[args.command][0]).main(args) or 0)
+    except ConfigError as exc:  # the user's config or resources: the message says what to fix, a traceback would not
+        print(f"daamflow {args.command}: {exc}", file=sys.stderr)
+        return 2
 

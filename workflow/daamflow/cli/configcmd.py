@@ -1,4 +1,5 @@
-"""`daamflow config`: validate a config file (as Snakemake does) and show what a stage would receive."""
+"""`daamflow config`: validate a config file and its local resources (as Snakemake does while it builds the DAG) and
+show what a stage would receive."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from daamflow.catalog import HEAD_METHODS, is_lora
 from daamflow.config import load_config, train_settings
+from daamflow.preflight import check_resources
 from daamflow.run.lora_settings import finetune_settings
 
 
@@ -32,6 +34,7 @@ def main(args: argparse.Namespace) -> int:
                              f"(lora_r<rank> / loraplus_r<rank>, optionally @released)")
         print(json.dumps(settings, indent=2, sort_keys=True))
     else:
+        check_resources(config)  # what `snakemake -n` checks too: local datasets and encoder folders exist
         print(f"{args.config}: valid ({len(config['datasets'])} datasets, {len(config['methods'])} methods, "
               f"protocols {config['protocols']})")
     return 0
