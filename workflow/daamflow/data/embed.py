@@ -4,8 +4,9 @@ Pooling rule (the paper's): for every hidden-state layer, the mean over the sequ
 only, so padding never changes a sample's features:
 - text: tokens with attention_mask 1 (incl. special tokens such as [CLS]/[SEP] or <s>); right padding, so a
   causal decoder's valid tokens keep their positions and never see a pad;
-- audio: the encoder's frames whose receptive field lies inside the clip (the frame mask the model derives from the
-  sample mask, ``_get_feature_vector_attention_mask``); a row with ``pad_to`` counts its zero padding as signal;
+- audio: the encoder's frames whose receptive field lies inside the clip (the model's own output-length rule,
+  ``_get_feat_extract_output_lengths``, applied to the valid input samples, or mel frames for Whisper); a row with
+  ``pad_to`` counts its zero padding as signal;
 - images: every token, the CLS token included (images are never padded).
 
 An encoder spec may ask for ``pooling: last_token`` instead (text only; meant for decoders, whose last token has seen

@@ -55,7 +55,8 @@ def read_table(path: Path | str, nrows: int | None = None) -> pd.DataFrame:
         elif kind == "jsonl":
             df = pd.read_json(path, lines=True, dtype=False, nrows=nrows)
         else:
-            df = _read_parquet(path).head(nrows)
+            df = _read_parquet(path)
+            df = df if nrows is None else df.head(nrows)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
         raise ValueError(f"table {path}: not a readable {kind} file: {err}") from err
     if df.empty:
@@ -119,8 +120,8 @@ def _required(options: dict, key: str):
 def build(work_dir: Path, seed: int, path: str | None, input: str | None, label: str, id: str | None,
           group: str | None, split: str | None, modality: str | None, folds: int | None):
     """The manifest of a table's rows (checked) and the classes, sorted; nothing is written besides the manifest."""
-    path = Path(_required({"path": path, "input": input}, "path")).expanduser()
-    _required({"input": input}, "input")
+    given = {"path": path, "input": input}
+    path, input = Path(_required(given, "path")).expanduser(), _required(given, "input")
     df = read_table(path)
     columns = {key: _column(df, name, key, path)
                for key, name in (("input", input), ("label", label), ("id", id), ("group", group), ("split", split))}
