@@ -209,6 +209,10 @@ def test_bad_folders_name_the_file(tmp_path):
     _wav(tmp_path / "pics" / "dog" / "bark.wav")
     with pytest.raises(ValueError, match=r"mixes inputs: an audio file .*dog/bark.wav.*; an image file"):
         prepare("folder", tmp_path / "out", 0, root=str(tmp_path / "pics"))
+    (tmp_path / "notes" / "a").mkdir(parents=True)
+    (tmp_path / "notes" / "a" / "x.txt").write_text("hi")
+    with pytest.raises(ValueError, match=r"modality 'text'; a folder source holds audio or image files"):
+        prepare("folder", tmp_path / "out", 0, root=str(tmp_path / "notes"))
     assert not (tmp_path / "out").exists()
 
 

@@ -103,10 +103,11 @@ def infer_modality(options: dict, sample: int | None = None) -> str:
 
 def build(work_dir: Path, seed: int, root: str | None, pattern: str | None, modality: str | None,
           folds: int | None):
-    """The manifest of a folder's files (checked) and the classes, sorted; nothing is written besides the manifest."""
+    """The manifest of a folder's files (checked) and the classes, sorted; nothing is written besides the manifest.
+    ``modality`` is the declared or inferred one (``prepare`` infers it when not given)."""
     root = _root(root)
+    if modality not in ("audio", "image"):
+        raise ValueError(f"folder {root}: modality {modality!r}; a folder source holds audio or image files "
+                         f"({' '.join(AUDIO_SUFFIXES + IMAGE_SUFFIXES)})")
     rows = scan(root, pattern)
-    modality = modality or modality_of(rows["input"].tolist(), rows["where"].tolist(), f"folder {root}")
-    if modality == "text":
-        raise ValueError(f"folder {root}: holds no audio or image files ({list(AUDIO_SUFFIXES + IMAGE_SUFFIXES)})")
     return assemble(rows, modality, root, folds, split_given=rows["split"].iloc[0] != "", versions={})

@@ -119,7 +119,8 @@ def _required(options: dict, key: str):
 
 def build(work_dir: Path, seed: int, path: str | None, input: str | None, label: str, id: str | None,
           group: str | None, split: str | None, modality: str | None, folds: int | None):
-    """The manifest of a table's rows (checked) and the classes, sorted; nothing is written besides the manifest."""
+    """The manifest of a table's rows (checked) and the classes, sorted; nothing is written besides the manifest.
+    ``modality`` is the declared or inferred one (``prepare`` infers it when not given)."""
     given = {"path": path, "input": input}
     path, input = Path(_required(given, "path")).expanduser(), _required(given, "input")
     df = read_table(path)
@@ -133,7 +134,6 @@ def build(work_dir: Path, seed: int, path: str | None, input: str | None, label:
         "split": columns["split"] if split is not None else "",
         "where": [f"table {path}, row {i + 1}" for i in range(len(df))],
     })
-    modality = modality or modality_of(rows["input"].tolist(), rows["where"].tolist(), f"table {path}, column {input!r}")
     versions = {"table": {"path": str(path.resolve()), "sha256": sha256_file(path)}}
     return assemble(rows, modality, path.parent, folds, split_given=split is not None, versions=versions)
 
