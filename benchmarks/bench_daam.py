@@ -5,7 +5,7 @@
 For each shape, float32, DAAMv1 (8 heads):
   * loop      - the released code's way (one DAAM module per head, Python loop, torch autograd), written out here;
   * autograd  - the same formula vectorised over heads, differentiated by plain autograd;
-  * fused     - daamflow.models.attention.DAAM (one autograd.Function with an analytic backward);
+  * fused     - daamflow.models.daam.DAAM (one autograd.Function with an analytic backward);
   * fused-nodx - the same when the input needs no gradient (the training case: DAAM reads frozen features);
   * compiled  - opt-in (--compile): torch.compile of the vectorised formula, with its compile cost.
 The roofline is the unavoidable traffic (forward reads x and writes y; backward reads x and dy and writes dx:
@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-from daamflow.models.attention import DAAM
+from daamflow.models.daam import DAAM
 
 SHAPES = ((256, 24, 1024), (32, 40, 5120))
 HEADS = 8

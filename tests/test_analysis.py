@@ -11,7 +11,7 @@ from daamflow.analysis import layers as analysis
 from daamflow.models import heads
 from daamflow.analysis import importance
 from daamflow.run import train
-from daamflow.models.attention import DAAM
+from daamflow.models.daam import DAAM
 from daamflow.data.features import load_store, write_store
 from daamflow.run.fit import Interrupted
 from daamflow.run.train import run_split, splits_of, train_all

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from daamflow.models.attention import DAAM, GQDAAM, GroupedQueryAttention, LayerSelfAttention, MixtureDAAM, _DAAMFunction
+from daamflow.models.attention import GQDAAM, GroupedQueryAttention, LayerSelfAttention
+from daamflow.models.daam import DAAM, MixtureDAAM, _DAAMFunction
 
 
 # ------------------------------------------------------------------------------------------------------------ DAAM
@@ -129,22 +130,22 @@ def test_daam_gradients_match_plain_autograd():
 
 def test_daam_cache_slices_match_one_pass(monkeypatch):
     """The CPU batch slicing (several slices here) gives the same values and gradients as a single slice."""
-    from daamflow.models import attention
+    from daamflow.models import daam
 
     mod, gen = _random_daam(6, 5, 2)
     x = torch.randn(7, 6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     gy = torch.randn(7, 6, 5, generator=gen, dtype=torch.float64)
     results = []
     for chunk in (10**9, 60):  # one slice; slices of 2 samples (6 x 5 = 30 elements each) with a remainder
-        monkeypatch.setattr(attention, "_CPU_CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(daam, "_CPU_CHUNK_ELEMENTS", chunk)
         x.grad = mod.mean_offset.grad = mod.scaled_variance.grad = None
         out = mod(x)
         out.backward(gy)
         results.append([out.detach(), mod.density(x), x.grad, mod.mean_offset.grad, mod.scaled_variance.grad])
-    assert len(attention._batch_slices(torch.zeros(7, 2, 3, 5))) == 4
+    assert len(daam._batch_slices(torch.zeros(7, 2, 3, 5))) == 4
     for one, sliced in zip(*results):
         torch.testing.assert_close(sliced, one)
-    fn = lambda a, b, c: attention._DAAMFunction.apply(a, b, c, 1e-5, False)[0]  # noqa: E731
+    fn = lambda a, b, c: _DAAMFunction.apply(a, b, c, 1e-5, False)[0]  # noqa: E731
     x4 = torch.randn(5, 2, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     params = (0.3 * torch.randn(2, 1, 4, generator=gen, dtype=torch.float64)).requires_grad_()
     xi = (2 + 0.3 * torch.randn(2, 1, 4, generator=gen, dtype=torch.float64)).requires_grad_()

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from daamflow.models.attention import MixtureDAAM
+from daamflow.models.daam import MixtureDAAM
 from daamflow.vqvae import cli
 from daamflow.vqvae.config import VARIANTS, VQVAEConfig
 from daamflow.vqvae.data import load_datasets

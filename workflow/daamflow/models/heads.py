@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from daamflow.models.attention import DAAM, GQDAAM, LayerSelfAttention, MixtureDAAM
+from daamflow.models.attention import GQDAAM, LayerSelfAttention
+from daamflow.models.daam import DAAM, MixtureDAAM
 from daamflow.catalog import HEAD_METHODS
 
 METHODS: tuple[str, ...] = HEAD_METHODS  # named in the torch-free catalog, which Snakemake imports

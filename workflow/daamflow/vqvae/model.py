@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from daamflow.models.attention import MixtureDAAM
+from daamflow.models.daam import MixtureDAAM
 from daamflow.vqvae.config import VQVAEConfig, check_variant
 from daamflow.vqvae.metrics import codebook_perplexity
 
