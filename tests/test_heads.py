@@ -23,7 +23,7 @@ from daamflow.models.heads import (
 def test_methods_tuple():
     assert METHODS == (
         "linear", "weighted_sum", "identity", "mha", "mha_bn", "gqa", "gqdaam", "daam_v2", "daam_v1", "mixture",
-        "mha@released",
+        "mha@released", "mha@across_batch",
     )
 
 
@@ -270,3 +270,20 @@ def test_gqdaam_released_cifar_daam_heads():
     g1, g8 = density_map(one, x), density_map(eight, x)
     torch.testing.assert_close(g8[:, :3], density_map(eight, torch.cat([x[:, :3], torch.randn(2, 21, 8)], 1))[:, :3])
     assert not torch.allclose(g1[:, :3], density_map(one, torch.cat([x[:, :3], torch.randn(2, 21, 8)], 1))[:, :3])
+
+
+def test_across_batch_mha_is_mha_with_only_that_quirk():
+    torch.manual_seed(0)
+    ours = build_model("mha", 6, 16, 4)
+    torch.manual_seed(0)
+    quirk = build_model("mha@across_batch", 6, 16, 4)
+    assert quirk.resolved["across_batch"] and not ours.resolved["across_batch"]
+    assert count_parameters(quirk, include_classifier=True) == count_parameters(ours, include_classifier=True)
+    for (ka, va), (kb, vb) in zip(ours.state_dict().items(), quirk.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)  # the same weights: only the attention's sequence axis differs
+    ours.eval(), quirk.eval()
+    x = torch.randn(5, 6, 16)
+    neighbour = x.clone()
+    neighbour[1:] += 1.0  # only the other samples of the batch change
+    torch.testing.assert_close(ours(x)[0], ours(neighbour)[0])
+    assert not torch.allclose(quirk(x)[0], quirk(neighbour)[0])

@@ -12,9 +12,11 @@ import re
 
 # heads trained on the cached features (rule train), in the report's column order: baselines first, DAAM last
 HEADS = ("linear", "weighted_sum", "identity", "mha", "mha_bn", "gqa", "gqdaam", "daam_v2", "daam_v1", "mixture")
-# the released IEMOCAP MHA baseline (one layer, attention across the mini-batch, 1-channel conv head)
-RELEASED_HEADS = ("mha@released",)
-HEAD_METHODS = HEADS + RELEASED_HEADS
+# the released code's MHA as heads of their own, for the quirk table: the released IEMOCAP MHA (one layer, attention
+# across the mini-batch, 1-channel conv head), and our `mha` with only the across-batch quirk switched on
+ACROSS_BATCH = "across_batch"
+QUIRK_HEADS = ("mha@released", "mha@" + ACROSS_BATCH)
+HEAD_METHODS = HEADS + QUIRK_HEADS
 # LoRA / LoRA+ fine-tune the encoder itself (rule finetune); any rank r >= 1, optionally with the released quirks
 LORA_PATTERN = r"(lora|loraplus)_r[1-9][0-9]*(@released)?"
 LORA_METHODS = ("lora_r4", "lora_r8", "loraplus_r4", "loraplus_r8")  # the paper's four

@@ -209,12 +209,11 @@ def build_model(method: str, num_layers: int, feature_dim: int, num_classes: int
             kv_heads=opt["kv_heads"], standard_gqa=opt["standard_gqa"], squared_variance=opt["squared_variance"],
         )
         width = opt["gqa_dim"]
-    elif method in ("mha", "mha_bn"):
+    elif method in ("mha", "mha_bn", "mha@across_batch"):
         heads = _largest_divisor_at_most(d, opt["mha_heads"])
-        resolved.update(mha_heads=heads, across_batch=opt["across_batch"])
-        attention = LayerSelfAttention(
-            d, heads, num_layers=n, batch_norm=method == "mha_bn", across_batch=opt["across_batch"]
-        )
+        across_batch = opt["across_batch"] or method == "mha@across_batch"
+        resolved.update(mha_heads=heads, across_batch=across_batch)
+        attention = LayerSelfAttention(d, heads, num_layers=n, batch_norm=method == "mha_bn", across_batch=across_batch)
     elif method == "mha@released":
         layer = opt["layer"] if opt["layer"] is not None else (
             RELEASED_MHA_LAYER if n == RELEASED_MHA_DEPTH else n - 1

@@ -33,6 +33,8 @@ QUIRKS: tuple[Quirk, ...] = (
           "the test part chooses the epoch and drives the LR schedule", ("clean", "{method}"), ("paper", "{method}")),
     Quirk("released MHA (mha@released)", "layer 23 only, attention across the mini-batch, 1-channel conv head",
           ("{protocol}", "mha"), ("{protocol}", catalog.label("mha", catalog.RELEASED))),
+    Quirk("MHA across the mini-batch (mha@across_batch)", "our MHA with only the released across-batch attention",
+          ("{protocol}", "mha"), ("{protocol}", catalog.label("mha", catalog.ACROSS_BATCH))),
     # the ablation on the high-IF layers with each IF source; the configured source's run is <method>@high
     *(Quirk("IF from all-epoch maps (importance.if_source: all_epochs)",
             "the attention maps accumulate over every epoch: IF of the all-epoch average",
