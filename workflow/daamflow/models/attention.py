@@ -84,17 +84,9 @@ class GQDAAM(nn.Module):
     ``daam_heads=None`` drops the DAAM (the GQA-only control). Output: (B, N, gqa_dim).
     """
 
-    def __init__(
-        self,
-        num_layers: int,
-        feature_dim: int,
-        daam_heads: int | None = 8,
-        gqa_dim: int = 512,
-        query_heads: int = 8,
-        kv_heads: int = 2,
-        standard_gqa: bool = False,
-        squared_variance: bool = False,
-    ) -> None:
+    def __init__(self, num_layers: int, feature_dim: int, daam_heads: int | None = 8, gqa_dim: int = 512,
+                 query_heads: int = 8, kv_heads: int = 2, standard_gqa: bool = False,
+                 squared_variance: bool = False) -> None:
         super().__init__()
         self.daam = (
             None
