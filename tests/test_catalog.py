@@ -61,7 +61,7 @@ def test_labels_and_order():
     assert catalog.label("mha", "released") == "mha@released" and catalog.label("mha", "") == "mha"
     assert catalog.is_lora("loraplus_r16@released") and not catalog.is_lora("lora_r0") and not catalog.is_lora("mha")
     assert catalog.order(["mixture", "zzz", "daam_v1@high", "linear", "daam_v1"]) == [
-        "linear", "daam_v1", "daam_v1@high", "mixture", "zzz"]
+        "linear", "daam_v1", "mixture", "daam_v1@high", "zzz"]
 
 
 def test_pairs_round_trip_and_bad_items_are_named():

@@ -40,6 +40,14 @@ def _text_table(folder, **columns):
     return folder / "sentences.csv"
 
 
+def _set_cell(path, row, column, value):
+    """The table at ``path`` with one cell changed (``row``: 0-based data row), rewritten in place."""
+    df = pd.read_csv(path)
+    df.loc[row, column] = value
+    df.to_csv(path, index=False)
+    return path
+
+
 # ---- table ----------------------------------------------------------------------------------------------------------
 
 def test_table_formats_give_one_manifest(tmp_path):
@@ -103,17 +111,11 @@ def test_bad_text_tables_name_file_and_row(tmp_path, problem, match):
         options["label"] = "label"
         path = _text_table(tmp_path)
     elif problem == "case":
-        path = _text_table(tmp_path)
-        df = pd.read_csv(path)
-        df.loc[3, "topic"] = "Animal "
-        df.to_csv(path, index=False)
+        path = _set_cell(_text_table(tmp_path), 3, "topic", "Animal ")
     elif problem == "few":
         path, options["folds"] = _text_table(tmp_path), 5
     elif problem == "empty_cell":
-        path = _text_table(tmp_path)
-        df = pd.read_csv(path)
-        df.loc[2, "sentence"] = ""
-        df.to_csv(path, index=False)
+        path = _set_cell(_text_table(tmp_path), 2, "sentence", "")
     elif problem == "bad_split":
         path, options["split"] = _text_table(tmp_path, part=["train", "valid"] * 4), "part"
     else:

@@ -81,6 +81,23 @@ def results(slurm_cluster, tmp_path_factory):
     return results
 
 
+def train_in_background(store, settings, out, launcher) -> tuple[threading.Thread, list]:
+    """fold1 trained through ``launcher`` in a thread; its exception, if any, lands in the returned list (re-raised
+    by the test thread's ``assert not errors``)."""
+    from daamflow.run.train import train_all
+
+    errors: list = []
+
+    def train():
+        try:
+            train_all(store, settings, out, only=["fold1"], launcher=launcher)
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    worker = threading.Thread(target=train, daemon=True)
+    worker.start()
+    return worker, errors
+
 def test_workflow_on_slurm_matches_inline(slurm_cluster, results, tmp_path):
     from daamflow.run.train import train_all
 
@@ -120,16 +137,8 @@ def test_requeued_training_resumes_with_identical_metrics(slurm_cluster, results
     settings["hyper"]["epochs"] = 80  # ~4 s of epochs: the signal lands mid-run
     store = results / "features/wordnet/minilm"
     out, launcher = tmp_path / "slurm", {**config["launcher"], "gpus_per_task": 0, "log_dir": str(tmp_path / "logs")}
-    errors = []
 
-    def train():
-        try:
-            train_all(store, settings, out, only=["fold1"], launcher=launcher)
-        except BaseException as err:  # noqa: BLE001  (re-raised in the test thread)
-            errors.append(err)
-
-    worker = threading.Thread(target=train, daemon=True)
-    worker.start()
+    worker, errors = train_in_background(store, settings, out, launcher)
     wait_for(lambda: (out / "fold1/checkpoint.pt").exists(), 90, "the first epoch's checkpoint")
     job_id = json.loads((out / "jobs.json").read_text())["jobs"]["fold1"]["job_id"]
     assert slurm_cluster.states()[job_id][0] == "RUNNING"
@@ -172,16 +181,9 @@ def test_time_limit_requeues_and_resumes_with_identical_metrics(slurm_cluster, r
     settings["hyper"]["epochs"] = max(160, round(75 * 80 / (time.monotonic() - start)))
     launcher = {**config["launcher"], "gpus_per_task": 0, "timeout_min": 2, "signal_delay_s": 60, "max_requeues": 4,
                 "log_dir": str(tmp_path / "logs")}
-    out, errors = tmp_path / "slurm", []
+    out = tmp_path / "slurm"
 
-    def train():
-        try:
-            train_all(store, settings, out, only=["fold1"], launcher=launcher)
-        except BaseException as err:  # noqa: BLE001  (re-raised in the test thread)
-            errors.append(err)
-
-    worker = threading.Thread(target=train, daemon=True)
-    worker.start()
+    worker, errors = train_in_background(store, settings, out, launcher)
     train_all(store, settings, tmp_path / "inline", only=["fold1"])  # the uninterrupted run, meanwhile
     worker.join(timeout=240)
     assert not worker.is_alive(), "training on SLURM did not finish within 4 min"

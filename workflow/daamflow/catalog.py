@@ -76,9 +76,10 @@ def is_lora(method: str) -> bool:
 
 
 def order(methods) -> list[str]:
-    """``methods`` in the report's order: the catalog's order by base name, then variants, then unknown names."""
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return sorted(dict.fromkeys(methods), key=lambda m: (rank.get(base(m), len(rank)), base(m), variant(m)))
+    """``methods`` in the report's order: the catalog's methods in its order, then the others (variants
+    ``base@variant`` included) alphabetically."""
+    known = [m for m in METHOD_ORDER if m in set(methods)]
+    return known + sorted(set(methods) - set(known))
 
 
 # ---- the `DATASET=PAPER_DATASET` pairs the rules hand to the report ---------------------------------------------------

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from daamflow import catalog
 from daamflow.atomic import atomic_write
-from daamflow.report.tables import method_order
 
 DPI = 120
 
@@ -28,7 +28,7 @@ def accuracy_plot(runs: pd.DataFrame, title: str):
     """The figure (open: close it): per-fold accuracy of each method (dots) with the mean (bar), one colour per
     protocol, methods in the report's order."""
     plt = _pyplot()
-    methods = method_order(runs["method"].unique())
+    methods = catalog.order(runs["method"].unique())
     protocols = sorted(runs["protocol"].unique())
     width = 0.8 / len(protocols)
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(methods) + 2), 4))

@@ -15,12 +15,6 @@ from daamflow import catalog
 from daamflow.atomic import write_csv, write_text
 
 
-def method_order(methods) -> list[str]:
-    """The catalog's methods in its order, then the others (variants ``base@variant`` included) alphabetically."""
-    known = [m for m in catalog.METHOD_ORDER if m in set(methods)]
-    return known + sorted(set(methods) - set(known))
-
-
 def _fold_key(name: str) -> int:
     return int("".join(ch for ch in name if ch.isdigit()) or 0)
 
@@ -35,7 +29,7 @@ def fold_table(runs: pd.DataFrame) -> pd.DataFrame:
     table["std"] = values.std(axis=1, ddof=0)
     params = runs.groupby("method")[["params", "params_without_classifier"]].first()
     table = table.join(params)
-    table = table.loc[method_order(table.index)]
+    table = table.loc[catalog.order(table.index)]
     table.columns.name = None
     return table.reset_index()
 
@@ -48,7 +42,7 @@ def protocol_table(runs: pd.DataFrame) -> pd.DataFrame:
     wide = stats.unstack("protocol")
     wide.columns = [f"{p}_{stat}" for stat, p in wide.columns]
     params = runs.groupby("method")[["params", "params_without_classifier"]].first()
-    wide = wide.join(params).loc[method_order(stats.index.get_level_values(0).unique())]
+    wide = wide.join(params).loc[catalog.order(stats.index.get_level_values(0).unique())]
     return wide.reset_index()
 
 
