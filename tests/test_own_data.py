@@ -2,6 +2,7 @@
 modality and evaluation scheme, and both sources through the whole workflow with encoders from local folders."""
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -66,17 +67,32 @@ def test_table_formats_give_one_manifest(tmp_path):
     assert meta["versions"]["table"]["sha256"] and meta["options"]["modality"] == "text"
 
 
-def test_parquet_needs_pyarrow_or_reads(tmp_path):
+def test_parquet_table_gives_the_csv_manifest(tmp_path):
+    csv = _text_table(tmp_path, speaker=[1, 2] * 4)  # an integer column: Parquet keeps it int64, CSV reads text
+    pd.read_csv(csv).to_parquet(tmp_path / "t.parquet")
+    made = [prepare("table", tmp_path / f"out{i}", 0, path=str(p), input="sentence", label="topic", group="speaker",
+                    folds=2) for i, p in enumerate([csv, tmp_path / "t.parquet"])]
+    pd.testing.assert_frame_equal(made[1], made[0])
+    (df, meta), (df_csv, meta_csv) = read_prepared(tmp_path / "out1"), read_prepared(tmp_path / "out0")
+    assert set(df["group"]) == {"1", "2"} and meta["classes"] == meta_csv["classes"] == ["animal", "colour"]
+    pd.testing.assert_frame_equal(df, df_csv)
+    assert meta["versions"]["table"]["sha256"] != meta_csv["versions"]["table"]["sha256"]  # the file's own digest
+
+
+def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
+    path = tmp_path / "t.parquet"
+    pd.DataFrame({"text": ["a b", "c d"], "label": ["x", "y"]}).to_parquet(path)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # the import fails as if pyarrow were not installed
+    with pytest.raises(ModuleNotFoundError, match=r"table .*t\.parquet: reading Parquet needs pyarrow \(pip install "
+                                                  r"pyarrow\)"):
+        table.read_table(path)
+
+
+def test_unreadable_parquet_names_the_file(tmp_path):
     path = tmp_path / "t.parquet"
     path.write_bytes(b"PAR1")
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        with pytest.raises(ModuleNotFoundError, match=r"reading Parquet needs pyarrow \(pip install pyarrow\)"):
-            table.read_table(path)
-    else:
-        with pytest.raises(ValueError, match="not a readable parquet file"):
-            table.read_table(path)
+    with pytest.raises(ValueError, match=r"t\.parquet: not a readable parquet file"):
+        table.read_table(path)
 
 
 def test_table_of_files_infers_modality_and_keeps_groups_and_split(tmp_path):
