@@ -49,15 +49,15 @@ def stratified_group_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int
     order = order[np.argsort(-counts[order].std(axis=1), kind="stable")]
     totals = counts.sum(axis=0)
     folds = np.zeros((n_splits, len(classes)))
+    # every candidate fold at once: candidate k is ``folds`` with the group added to row k (a job's folds are
+    # computed from thousands of singleton groups, so a Python loop over k cost a second per training job)
+    adds = np.eye(n_splits)[:, :, None]
     assignment = np.empty(len(names), dtype=int)
     for group in order:
-        best, best_key = 0, None
-        for k in range(n_splits):
-            folds[k] += counts[group]
-            key = ((folds / totals).std(axis=0).mean(), folds[k].sum())
-            folds[k] -= counts[group]
-            if best_key is None or key < best_key:
-                best, best_key = k, key
+        candidates = folds + adds * counts[group]
+        spread = (candidates / totals).std(axis=1).mean(axis=1)
+        sizes = folds.sum(axis=1) + counts[group].sum()
+        best = np.lexsort((sizes, spread))[0]  # least spread, then the smaller fold, then the first
         folds[best] += counts[group]
         assignment[group] = best
     return [np.flatnonzero(assignment[g] == k) for k in range(n_splits)]
