@@ -27,6 +27,7 @@ from daamflow.catalog import SELECTIONS
 from daamflow.config import read_settings
 from daamflow.data.features import FEATURES, INDEX, load_store
 from daamflow.data.folds import Split, make_splits
+from daamflow.data.prefetch import DEPTH, Prefetch
 from daamflow.device import resolve_device
 from daamflow.models import heads
 from daamflow.run.dispatch import (
@@ -43,20 +44,16 @@ def store_inputs(manifest: dict) -> dict[str, str]:
     return {name: manifest["sha256"][name] for name in (FEATURES, INDEX)}
 
 
-def _inputs(features: np.ndarray, rows: np.ndarray, layers: list[int] | None, dev: torch.device) -> torch.Tensor:
-    """float32 rows of the (memory-mapped, float16) feature array; only the needed rows are materialised."""
-    x = np.asarray(features[rows], dtype=np.float32)
-    return torch.from_numpy(x[:, layers] if layers is not None else x).to(dev)
-
-
 def _evaluate(model, features: np.ndarray, rows: np.ndarray, layers: list[int] | None, batch_size: int, dev,
-              with_density: bool = False):
-    """Predictions for ``rows`` and, with ``with_density``, the mean DAAM density map over them (None otherwise)."""
+              with_density: bool = False, prefetch: int = DEPTH):
+    """Predictions for ``rows`` and, with ``with_density``, the mean DAAM density map over them (None otherwise).
+    ``prefetch``: batches read ahead in a background thread (``data.prefetch``; 0 reads each in this thread)."""
     model.eval()
     preds, density_sum = [], None
-    with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            x = _inputs(features, rows[start:start + batch_size], layers, dev)
+    batches = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
+    with torch.no_grad(), Prefetch(features, batches, layers, dev, prefetch) as stream:
+        for part in batches:
+            x = stream.take(part)
             preds.append(model(x).argmax(dim=1).cpu())
             g = heads.density_map(model, x) if with_density else None
             if g is not None:
@@ -70,20 +67,46 @@ def _evaluate(model, features: np.ndarray, rows: np.ndarray, layers: list[int] |
 class HeadLearner(Learner):
     """``fit``'s view of a head on cached features. With ``density``, every prediction pass also keeps the mean DAAM
     density map of its rows, and ``accumulate`` sums the selection passes' maps over the epochs (the released
-    attention maps accumulate over all epochs)."""
+    attention maps accumulate over all epochs).
+
+    ``batches`` starts reading the epoch's batches ahead of the model (``prefetch`` of them, in a background thread;
+    0: each is read in ``logits``), and ``logits`` must then be asked for those batches in order. Use the learner as
+    a context manager (or call ``close``): an epoch left unfinished (an error, a divergence) stops its reader there.
+    """
 
     def __init__(self, model: torch.nn.Module, features: np.ndarray, layers: list[int] | None, batch_size: int,
-                 dev: torch.device, density: bool = False) -> None:
+                 dev: torch.device, density: bool = False, prefetch: int = DEPTH) -> None:
         self.model, self.features, self.layers, self.batch_size, self.dev = model, features, layers, batch_size, dev
-        self.density, self.latest = density, None
+        self.density, self.latest, self.prefetch = density, None, prefetch
+        self.epoch: Prefetch | None = None
+
+    def batches(self, order: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
+        batches = super().batches(order, batch_size, seed)
+        self.close()
+        self.epoch = Prefetch(self.features, batches, self.layers, self.dev, self.prefetch)
+        return batches
 
     def logits(self, rows: np.ndarray) -> torch.Tensor:
-        return self.model(_inputs(self.features, rows, self.layers, self.dev))
+        if self.epoch is None:
+            raise RuntimeError("HeadLearner.logits: no epoch started; ask batches() for the epoch's batches first")
+        return self.model(self.epoch.take(rows))
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         pred, self.latest = _evaluate(self.model, self.features, rows, self.layers, self.batch_size, self.dev,
-                                      with_density=self.density)
+                                      with_density=self.density, prefetch=self.prefetch)
         return pred
+
+    def close(self) -> None:
+        """Stop the current epoch's reader (it has ended by itself when the epoch's batches were all taken)."""
+        if self.epoch is not None:
+            self.epoch.close()
+            self.epoch = None
+
+    def __enter__(self) -> "HeadLearner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def weights(self) -> dict:
         return self.model.state_dict()
@@ -111,10 +134,13 @@ def run_split(
     stop_after_epoch: int | None = None,
     progress: bool = True,
     inputs: dict[str, str] | None = None,
+    prefetch: int = DEPTH,
 ) -> dict:
     """Train, select and test one fold/seed; resumable from ``out_dir/checkpoint.pt``. Returns its metrics.
 
     ``inputs``: the digests of the store the features come from (``store_inputs``), part of the fold's identity.
+    ``prefetch``: batches read ahead of the model in a background thread (``data.prefetch``; 0: none); the results
+    are the same bit for bit.
     """
     inputs = inputs or {}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,17 +159,20 @@ def run_split(
 
     optimiser = make_optimiser()
     # the selection passes keep the density maps; the refit's passes and the test do not need them
-    selecting = HeadLearner(model, features, layers, hp["batch_size"], dev, density=True)
-    learner = HeadLearner(model, features, layers, hp["batch_size"], dev)
-    fitted = fit(selecting, optimiser, split, labels, settings, out_dir, dev, inputs=inputs,
-                 stop_after_epoch=stop_after_epoch, progress=progress)
-    tested, refitted = split, {"refit": False}
-    if initial is not None:
-        fitted, tested, refitted = refit(fitted, learner, make_optimiser, initial, split, labels, settings, out_dir,
-                                         dev, inputs=inputs, stop_after_epoch=stop_after_epoch, progress=progress)
-    metrics = conclude(fitted, learner, tested, labels, ids, num_classes, settings, out_dir, dev, inputs=inputs)
+    selecting = HeadLearner(model, features, layers, hp["batch_size"], dev, density=True, prefetch=prefetch)
+    learner = HeadLearner(model, features, layers, hp["batch_size"], dev, prefetch=prefetch)
+    with selecting, learner:  # an epoch cut short (Diverged, Interrupted, an error) stops its reader here
+        fitted = fit(selecting, optimiser, split, labels, settings, out_dir, dev, inputs=inputs,
+                     stop_after_epoch=stop_after_epoch, progress=progress)
+        tested, refitted = split, {"refit": False}
+        if initial is not None:
+            fitted, tested, refitted = refit(fitted, learner, make_optimiser, initial, split, labels, settings,
+                                             out_dir, dev, inputs=inputs, stop_after_epoch=stop_after_epoch,
+                                             progress=progress)
+        metrics = conclude(fitted, learner, tested, labels, ids, num_classes, settings, out_dir, dev, inputs=inputs)
     metrics.update(refitted)
-    _, density = _evaluate(model, features, split.select, layers, hp["batch_size"], dev, with_density=True)
+    _, density = _evaluate(model, features, split.select, layers, hp["batch_size"], dev, with_density=True,
+                           prefetch=prefetch)
     metrics.update({
         "params": heads.count_parameters(model, include_classifier=True),
         "params_without_classifier": heads.count_parameters(model, include_classifier=False),

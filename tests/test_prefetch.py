@@ -1,0 +1,111 @@
+"""Batches read ahead in a background thread (data/prefetch.py) give the results of reads in the training thread, and
+the thread never outlives the fold, whether it ends, fails to read or diverges."""
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from daamflow.data.features import load_store, write_store
+from daamflow.data.folds import make_splits
+from daamflow.data.prefetch import Prefetch, read_rows
+from daamflow.run.fit import Diverged
+from daamflow.run.train import run_split
+
+N, D, C = 4, 12, 3
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    n = 90
+    labels = np.arange(n) % C
+    x = rng.normal(size=(n, N, D)).astype(np.float32)
+    x[:, 1:3, :C] += 3.0 * np.eye(C)[labels][:, None, :]
+    index = pd.DataFrame({
+        "id": [f"s{i}" for i in range(n)], "label": labels, "label_name": [f"c{k}" for k in labels],
+        "group": [f"g{i % 6}" for i in range(n)], "split": "train",
+    })
+    return load_store(write_store(tmp_path_factory.mktemp("store"), x, index, {"encoder": "synthetic"}))
+
+
+def _settings(method="daam_v1", epochs=3, **hyper):
+    return {
+        "dataset": "toy", "encoder": "synthetic", "method": method, "protocol": "clean", "seed": 5,
+        "evaluation": {"scheme": "kfold", "folds": 3},
+        "hyper": {"epochs": epochs, "batch_size": 4, "lr": 3e-3, "weight_decay": 0.01, "loss": "focal",
+                  "focal_alpha": 0.25, "focal_gamma": 2.5, "scheduler_factor": 0.1, "scheduler_patience": 2,
+                  "grad_clip": None, "dev_fraction": 0.2, "amp": "auto", **hyper},
+        "model_options": {"conv_channels": 8},
+    }
+
+
+def _readers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "daamflow-prefetch"]
+
+
+def _run(store, settings, out, features=None, **kwargs):
+    split = make_splits(store.labels, store.groups, store.splits, settings["evaluation"], "clean", 5)[0]
+    ids = store.index["id"].to_numpy()
+    return run_split(store.features if features is None else features, store.labels, ids, C, split, settings, out,
+                     "cpu", progress=False, **kwargs)
+
+
+class Unreadable:
+    """The store's features with one row whose read fails, as a damaged disk's would (numpy raises OSError)."""
+
+    def __init__(self, features: np.ndarray, bad_row: int) -> None:
+        self.features, self.bad_row, self.shape, self.dtype = features, bad_row, features.shape, features.dtype
+
+    def __getitem__(self, key):
+        if key == self.bad_row:
+            raise OSError(f"[Errno 5] Input/output error reading row {key} of features.npy")
+        return self.features[key]
+
+
+def test_prefetch_on_and_off_give_the_same_fold_bit_for_bit(store, tmp_path):
+    settings = _settings()
+    settings["hyper"]["refit"] = True  # the selection run, the refit and the test: both learners read ahead
+    on = _run(store, settings, tmp_path / "on")
+    assert not _readers()  # gone once the fold returns
+    off = _run(store, settings, tmp_path / "off", prefetch=0)
+    for key in ["accuracy", "macro_f1", "confusion", "best_epoch", "select_accuracy", "refit_history"]:
+        assert on[key] == off[key], key
+    for name in ["model.pt", "checkpoint.pt", "refit/checkpoint.pt"]:
+        a, b = torch.load(tmp_path / "on" / name), torch.load(tmp_path / "off" / name)
+        weights = (a, b) if name == "model.pt" else (a["model"], b["model"])
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), name
+    assert np.array_equal(np.load(tmp_path / "on/density.npy"), np.load(tmp_path / "off/density.npy"))
+    assert np.array_equal(np.load(tmp_path / "on/density_all_epochs.npy"),
+                          np.load(tmp_path / "off/density_all_epochs.npy"))
+    assert (tmp_path / "on/predictions.csv").read_bytes() == (tmp_path / "off/predictions.csv").read_bytes()
+    assert (tmp_path / "on/history.csv").read_bytes() == (tmp_path / "off/history.csv").read_bytes()
+
+
+def test_a_reading_error_in_the_thread_is_raised_in_the_fold_with_its_message(store, tmp_path):
+    split = make_splits(store.labels, store.groups, store.splits, _settings()["evaluation"], "clean", 5)[0]
+    bad = int(split.train[len(split.train) // 2])
+    with pytest.raises(OSError, match=f"Input/output error reading row {bad} of features.npy"):
+        _run(store, _settings(), tmp_path, features=Unreadable(store.features, bad))
+    assert not _readers()
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_fold_that_diverges_mid_epoch_leaves_no_reader_behind(store, tmp_path):
+    with pytest.raises(Diverged, match="epoch 1, batch"):
+        _run(store, _settings(method="linear", lr=1e30), tmp_path)
+    assert not _readers()
+
+
+def test_batches_come_in_the_rows_order_and_a_closed_reader_stops(store):
+    rows = [np.array([7, 2, 50, 3]), np.array([1]), np.array([89, 0, 44])]
+    with Prefetch(store.features, rows, [3, 1], CPU, depth=1) as stream:
+        first = stream.take(rows[0])
+        assert torch.equal(first, torch.from_numpy(store.features[rows[0]][:, [3, 1]].astype(np.float32)))
+        with pytest.raises(RuntimeError, match="batch 1 of 3"):
+            stream.take(rows[2])  # out of order
+    assert not _readers()  # closed with two batches untaken
+    assert torch.equal(read_rows(store.features, rows[2], None),
+                       torch.from_numpy(store.features[rows[2]].astype(np.float32)))
