@@ -1,9 +1,10 @@
 """The LoRA / LoRA+ model (docs/paper-notes.md#48-lora, docs/paper-notes.md#49-lora-plus): the frozen encoder with
-peft adapters on the configured target modules and a linear head on the masked mean of the last hidden state (embed's
-pooling rule), its optimiser, the weights a checkpoint keeps, and ``LoraLearner``, the model as ``fit`` sees it.
+peft adapters on the configured target modules and a linear head on the last hidden state pooled by embed's rule (the
+encoder spec's ``pooling``: the masked mean, or the last valid token), its optimiser, the weights a checkpoint keeps, and ``LoraLearner``, the model as ``fit`` sees it.
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
+from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers (weights transposed); peft adapts them too
 
 from daamflow.data.batching import grouped_batches, make_inputs
-from daamflow.data.embed import load_model, masked_mean
-from daamflow.data.encoders import load_processor
+from daamflow.data.embed import check_poolable, frame_mask, last_token, load_model, masked_mean
+from daamflow.data.encoders import load_processor, read_encoder_info
 from daamflow.run.fit import Learner
+from daamflow.run.lora_settings import PROJECTION_NAMES
 
 # What the released heads left at random initialisation, by modality (docs/paper-notes.md#48-lora):
 # WavLMForSequenceClassification's 256-wide projector (its classifier trained), LlamaForSequenceClassification's whole
@@ -38,19 +41,16 @@ def build_model(encoder_dir: Path | str, settings: dict, num_classes: int, dev: 
     ft = settings["finetune"]
     dev = torch.device("cpu") if dev is None else dev
     base = load_model(encoder_dir, dev, dtype or torch.float32)
-    if hasattr(base, "freeze_feature_encoder"):
-        # WavLM's conv feature encoder otherwise marks its input as requiring grad (for gradient checkpointing), so
-        # every step back-propagated through the frozen convs on raw audio: half the step time, for no gradient
-        base.freeze_feature_encoder()
-    model_type = base.config.model_type
-    if model_type not in ft["targets"]:
-        raise ValueError(
-            f"no LoRA target modules for encoder model_type {model_type!r} ({encoder_dir}); set "
-            f"finetune.{'released_targets' if ft['quirks']['released_targets'] else 'targets'}.{model_type} "
-            f"(known: {sorted(ft['targets'])})"
-        )
-    targets = ft["targets"][model_type]
+    # WavLM's (wav2vec2's, HuBERT's) conv feature encoder otherwise marks its input as requiring grad (for gradient
+    # checkpointing), so every step back-propagated through the frozen convs on raw audio: half the step time, for no
+    # gradient. HubertModel has no freeze_feature_encoder of its own: its feature extractor's switch does the same
+    freeze = getattr(base, "freeze_feature_encoder", None) or getattr(
+        getattr(base, "feature_extractor", None), "_freeze_parameters", None)
+    if freeze is not None:
+        freeze()
     rank, quirks = ft["rank"], ft["quirks"]
+    targets = _targets(base, ft["targets"], quirks["released_targets"], encoder_dir)
+    model_type = base.config.model_type
     lora = LoraConfig(
         r=rank,
         # peft scales the update by lora_alpha / r; the released code scaled it by α
@@ -69,6 +69,26 @@ def build_model(encoder_dir: Path | str, settings: dict, num_classes: int, dev: 
                 torch.nn.init.normal_(param, std=rank ** -0.5)
     head = _head(base.config.hidden_size, num_classes, ft["modality"], quirks["frozen_head"])
     return torch.nn.ModuleDict({"encoder": encoder, "head": head}).to(dev), base, targets
+
+
+def _targets(base: torch.nn.Module, table: dict, released: bool, encoder_dir: Path | str) -> list[str]:
+    """The target modules of ``base``: its model_type's entry in ``table``, else its query and key projections
+    (released: query and value) by transformers' names (``lora_settings.PROJECTION_NAMES``)."""
+    model_type = base.config.model_type
+    if model_type in table:
+        return table[model_type]
+    linear = {name.rsplit(".", 1)[-1] for name, module in base.named_modules()
+              if isinstance(module, (nn.Linear, Conv1D))}
+    for query, key, value in PROJECTION_NAMES:
+        pair = [query, value] if released else [query, key]
+        if set(pair) <= linear:
+            return pair
+    raise ValueError(
+        f"no LoRA target modules for encoder model_type {model_type!r} ({encoder_dir}): it is not in the built-in "
+        f"map ({sorted(table)}) and has no linear {' / '.join('+'.join(n) for n in PROJECTION_NAMES)} projections; "
+        f"set finetune.{'released_targets' if released else 'targets'}.{model_type} to some of its linear layers' "
+        f"names ({sorted(linear)})"
+    )
 
 
 def _head(width: int, num_classes: int, modality: str, frozen_head: bool) -> torch.nn.Sequential:
@@ -138,7 +158,8 @@ def load_adapter_state(model: torch.nn.ModuleDict, state: dict) -> None:
 
 
 class Inputs:
-    """Batches of prepared samples for the model: embed's input pipelines and its pooling rule.
+    """Batches of prepared samples for the model: embed's input pipelines and its pooling rule (the encoder folder's
+    spec: ``pooling`` mean or last_token, checked as the embed step checks it).
 
     ``at_padding`` (quirks.logits_at_padding, text only): the released AG News LoRA script padded every text to
     max_length with the eos token (padding="max_length", pad = eos) and its LlamaForSequenceClassification, whose
@@ -149,9 +170,15 @@ class Inputs:
     def __init__(self, data_dir: Path, df: pd.DataFrame, modality: str, base: torch.nn.Module, encoder_dir: Path,
                  max_length: int | None, at_padding: bool = False):
         self.base = base  # maps an audio sample mask to the encoder's frame mask
+        info = read_encoder_info(encoder_dir)
+        pooling = info["spec"].get("pooling", "mean")
+        check_poolable(base.config, modality, pooling, info["name"])
+        self.pool = masked_mean if pooling == "mean" else last_token
         self.pipeline = make_inputs(modality, df, data_dir, load_processor(encoder_dir, modality), base.config,
                                     max_length if modality == "text" else None)
         self.at_padding = at_padding
+        # decoders (Llama) would otherwise fill a key/value cache as large as the hidden states, for nothing
+        self.options = {"use_cache": False} if "use_cache" in inspect.signature(base.forward).parameters else {}
 
     def feed(self, rows: np.ndarray) -> tuple[dict, torch.Tensor | None]:
         """The model inputs of ``rows`` and the pooling mask (None: the head reads the last position)."""
@@ -162,18 +189,23 @@ class Inputs:
         return {"input_ids": F.pad(feed["input_ids"], (0, extra), value=self.pipeline.pad_id),
                 "attention_mask": F.pad(feed["attention_mask"], (0, extra), value=0)}, None
 
-    def logits(self, model: torch.nn.ModuleDict, rows: np.ndarray, dev: torch.device,
+    def pooled(self, model: torch.nn.ModuleDict, rows: np.ndarray, dev: torch.device,
                dtype: torch.dtype) -> torch.Tensor:
-        """Encoder → masked mean of the last hidden state (embed's rule) → head; at_padding: the last position."""
+        """Encoder → its last hidden state pooled by embed's rule (float32); at_padding: the last position as it is."""
         feed, mask = self.feed(rows)
-        hidden = model["encoder"](**self.pipeline.to_device(feed, dev, dtype)).last_hidden_state
+        hidden = model["encoder"](**self.pipeline.to_device(feed, dev, dtype), **self.options).last_hidden_state
         if self.at_padding:
-            return model["head"](hidden[:, -1])
+            return hidden[:, -1]
         if mask is not None:
             mask = mask.to(dev)
             if self.pipeline.mask_in_samples:  # audio: the frames whose receptive field lies inside the clip
-                mask = self.base._get_feature_vector_attention_mask(hidden.shape[1], mask)
-        return model["head"](masked_mean(hidden, mask))
+                mask = frame_mask(self.base, mask, hidden.shape[1])
+        return self.pool(hidden, mask)
+
+    def logits(self, model: torch.nn.ModuleDict, rows: np.ndarray, dev: torch.device,
+               dtype: torch.dtype) -> torch.Tensor:
+        """The head on ``pooled``."""
+        return model["head"](self.pooled(model, rows, dev, dtype))
 
 
 def _gradient_watch(model: torch.nn.ModuleDict):

@@ -33,6 +33,11 @@ RELEASED_TARGETS = {
     "llama": ["q_proj", "v_proj"],
     "bert": ["query", "value"],
 }
+# Any other model_type: its query and key (released: query and value) projections, found by the two names
+# transformers gives them, (query, key, value) leaf module names; BERT-style encoders name them query/key/value,
+# ViT, DeiT, CLIP's vision tower, Whisper's encoder, wav2vec2, HuBERT and Llama-style decoders q_proj/k_proj/v_proj.
+# A model with neither set (GPT-2's fused c_attn, T5's q/k/v) needs finetune.targets.<model_type>.
+PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
 
 
 def parse_method(method: str) -> tuple[bool, int, bool]:
@@ -72,6 +77,7 @@ def finetune_settings(config: dict, dataset: str, method: str, protocol: str) ->
         targets = {**RELEASED_TARGETS, **ft["released_targets"]}
     else:
         targets = {**DEFAULT_TARGETS, **ft["targets"]}
+    pooling = config["encoders"][ds["encoder"]].get("pooling", "mean")
     max_length = None
     if modality == "text":  # only text is cut to a length; keeping it out of other settings keeps their hash
         max_length = (released and ft["released"]["max_length"]) or ft["max_length"] or ds["embed"].get("max_length")
@@ -95,6 +101,11 @@ def finetune_settings(config: dict, dataset: str, method: str, protocol: str) ->
             "quirks": quirks,
         },
     }
+    if pooling != "mean":
+        # the head's pooling is the encoder spec's (read from the encoder folder, as the embed step reads it); in the
+        # settings it retrains the folds when it changes (the encoder weights, a fold's other input, do not).
+        # Absent for the mean: mean-pooled runs keep the hash they had before pooling was configurable
+        settings["finetune"]["pooling"] = pooling
     if released:
         settings["label"] = method
     return settings
