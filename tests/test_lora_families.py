@@ -124,3 +124,18 @@ def test_pooling_enters_the_settings_only_when_not_the_mean():
     assert "pooling" not in mean["finetune"] and last["finetune"]["pooling"] == "last_token"
     last["finetune"].pop("pooling")
     assert last == mean  # the mean-pooled settings (and hash) are as before pooling was configurable
+
+
+@pytest.mark.parametrize("family", ["hubert", "wav2vec2"])
+def test_the_frozen_conv_feature_encoder_is_not_back_propagated(family, data, tmp_path):  # noqa: F811
+    """HubertModel has no freeze_feature_encoder; its conv feature encoder would otherwise mark its output as
+    requiring grad in training mode, and every step would back-propagate through the frozen convs."""
+    spec, encoder = _saved(family, tmp_path)
+    model, base, _ = build_model(encoder, _settings(spec, "audio"), num_classes=2)
+    seen = []
+    base.feature_extractor.register_forward_hook(lambda module, args, out: seen.append(out.requires_grad))
+    df, _ = read_prepared(data["audio"])
+    inputs = Inputs(data["audio"], df, "audio", base, encoder, None)
+    model.train()
+    inputs.logits(model, np.arange(2), CPU, torch.float32).sum().backward()
+    assert seen == [False]
