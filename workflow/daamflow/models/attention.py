@@ -86,12 +86,13 @@ class GQDAAM(nn.Module):
 
     def __init__(self, num_layers: int, feature_dim: int, daam_heads: int | None = 8, gqa_dim: int = 512,
                  query_heads: int = 8, kv_heads: int = 2, standard_gqa: bool = False,
-                 squared_variance: bool = False) -> None:
+                 squared_variance: bool = False, daam_kernel: str = "eager") -> None:
         super().__init__()
         self.daam = (
             None
             if daam_heads is None
-            else DAAM(num_layers, feature_dim, num_heads=daam_heads, squared_variance=squared_variance)
+            else DAAM(num_layers, feature_dim, num_heads=daam_heads, squared_variance=squared_variance,
+                      kernel=daam_kernel)
         )
         self.embed_transform = nn.Linear(feature_dim, gqa_dim)
         self.gqa = GroupedQueryAttention(gqa_dim, query_heads, kv_heads, layer_norm=True, standard=standard_gqa)

@@ -7,14 +7,21 @@ Section numbers (§) refer to docs/paper-notes.md.
 * :class:`MixtureDAAM` - the appendix's "Mixture of Densities" with its Density-Block residual (§1.7).
 
 Half-precision inputs are accepted: statistics are computed in float32 and the result is returned in the input dtype.
+
+``DAAM(kernel="fast")`` runs the C++/OpenMP kernel of ``_kernels`` (csrc/daam_cpu.cpp) on CPU float32/float64
+inputs: the same formulas in one pass over x forward and one over (x, dy) backward, equal to the eager path to
+rounding but not bit for bit; the eager path (the default) stays the reference.
 """
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from daamflow.models import _kernels
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _LN2 = math.log(2.0)
@@ -148,6 +155,26 @@ class _DAAMFunction(torch.autograd.Function):
         return gx, g_delta_n * u.shape[2], g_xi, None, None
 
 
+class _FastDAAMFunction(torch.autograd.Function):
+    """The DAAM gate through the C++ kernel (see _DAAMFunction for the formulas); saves only x."""
+
+    @staticmethod
+    def forward(ctx, x4, delta, xi, eps, squared):  # type: ignore[override]
+        ctx.save_for_backward(x4, delta, xi)
+        ctx.eps, ctx.squared = eps, squared
+        return _kernels.forward(x4, delta, xi, eps, squared, with_gate=False)[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):  # type: ignore[override]
+        x4, delta, xi = ctx.saved_tensors
+        gx, g_delta, g_xi = _kernels.backward(x4, gy, delta, xi, ctx.eps, ctx.squared, ctx.needs_input_grad[0])
+        return gx, g_delta, g_xi, None, None
+
+
+KERNELS = ("eager", "fast")
+
+
 class DAAM(nn.Module):
     """Multi-head Density Adaptive Attention over the layer axis of ``x`` (B, N, d) (§1.2-1.5).
 
@@ -160,6 +187,9 @@ class DAAM(nn.Module):
     ``mean_offset`` (delta) and ``scaled_variance`` (xi) have shape (num_heads, feature_dim), initialised to 0 and
     ``init_scaled_variance``. DAAMv1 = 8 heads, DAAMv2 = 1 head. All heads run at once through a fused autograd
     function. A head of one layer has v = 1e-8, hence G = exp(-delta^2 / (2 xi (1e-8 + eps))): finite, 1 at init.
+
+    ``kernel``: ``eager`` (the reference, torch ops) or ``fast`` (the C++ kernel on CPU float32/float64; elsewhere, or
+    where no compiler builds it, the eager path, with a warning naming the reason).
     """
 
     def __init__(
@@ -170,8 +200,11 @@ class DAAM(nn.Module):
         init_scaled_variance: float = 2.0,
         eps: float = 1e-5,
         squared_variance: bool = False,
+        kernel: str = "eager",
     ) -> None:
         super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"DAAM: kernel must be one of {list(KERNELS)}, got {kernel!r}")
         for name, value in (("num_layers", num_layers), ("feature_dim", feature_dim), ("num_heads", num_heads)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"DAAM: {name} must be a positive int, got {value!r}")
@@ -188,6 +221,7 @@ class DAAM(nn.Module):
         self.num_heads = num_heads
         self.eps = float(eps)
         self.squared_variance = bool(squared_variance)
+        self.kernel = kernel
         self.mean_offset = nn.Parameter(torch.zeros(num_heads, feature_dim))
         self.scaled_variance = nn.Parameter(torch.full((num_heads, feature_dim), float(init_scaled_variance)))
 
@@ -197,7 +231,16 @@ class DAAM(nn.Module):
             f"eps={self.eps}, squared_variance={self.squared_variance}"
         )
 
-    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fast(self, x4: torch.Tensor) -> bool:
+        if self.kernel != "fast":
+            return False
+        if _kernels.supports(x4):
+            return True
+        reason = _kernels.unavailable_reason() or f"it takes CPU float32/float64, got {x4.device.type} {x4.dtype}"
+        warnings.warn(f"DAAM(kernel='fast'): running the eager path: {reason}", RuntimeWarning, stacklevel=3)
+        return False
+
+    def _run(self, x: torch.Tensor, gate: bool) -> torch.Tensor:
         if x.dim() != 3 or x.shape[1] != self.num_layers or x.shape[2] != self.feature_dim:
             raise ValueError(
                 f"DAAM expects input of shape (batch, num_layers={self.num_layers}, feature_dim={self.feature_dim}), "
@@ -208,15 +251,26 @@ class DAAM(nn.Module):
         x4 = x.to(dtype).reshape(b, self.num_heads, n_layers // self.num_heads, d)
         delta = self.mean_offset.to(dtype).unsqueeze(1)  # (H, 1, d) broadcasts over (B, H, n, d)
         xi = self.scaled_variance.to(dtype).unsqueeze(1)
-        y, gate = _DAAMFunction.apply(x4, delta, xi, self.eps, self.squared_variance)
-        return y.reshape(b, n_layers, d).to(x.dtype), gate.reshape(b, n_layers, d)
+        if self._fast(x4):
+            delta, xi = delta.squeeze(1), xi.squeeze(1)
+            if gate:  # the density map is for inspection: no gradient flows through it (as on the eager path)
+                with torch.no_grad():
+                    return _kernels.forward(x4, delta, xi, self.eps, self.squared_variance, with_gate=True)[1].reshape(
+                        b, n_layers, d
+                    )
+            y = _FastDAAMFunction.apply(x4, delta, xi, self.eps, self.squared_variance)
+        else:
+            y, g = _DAAMFunction.apply(x4, delta, xi, self.eps, self.squared_variance)
+            if gate:
+                return g.reshape(b, n_layers, d)
+        return y.reshape(b, n_layers, d).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x)[0]
+        return self._run(x, gate=False)
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         """The gate G, shape (B, N, d), in the compute dtype (float32 for half inputs)."""
-        return self._run(x)[1]
+        return self._run(x, gate=True)
 
 
 class MixtureDAAM(nn.Module):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from daamflow.models.attention import GQDAAM, LayerSelfAttention
-from daamflow.models.daam import DAAM, MixtureDAAM
+from daamflow.models.daam import DAAM, KERNELS, MixtureDAAM
 from daamflow.catalog import HEAD_METHODS
 
 METHODS: tuple[str, ...] = HEAD_METHODS  # named in the torch-free catalog, which Snakemake imports
@@ -33,6 +33,7 @@ _OPTIONS: dict[str, tuple[Any, tuple[type, ...]]] = {
     "layer": (None, (int, type(None))),
     "num_gaussians": (4, (int,)),
     "mixture_heads": (8, (int,)),
+    "daam_kernel": ("eager", (str,)),
 }
 _DEFAULT_DAAM_HEADS = {"daam_v1": 8, "daam_v2": 1, "gqdaam": 8}
 # The released IEMOCAP MHA.py reads x[:, 22] of WavLM-Large's 24 block outputs (the paper's "layer 23"); encoders of
@@ -145,6 +146,8 @@ def _validate_options(options: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value, types) or bad_bool:
             expected = " or ".join("None" if t is type(None) else t.__name__ for t in types)
             raise ValueError(f"build_model: option {name}={value!r} must be {expected}")
+        if name == "daam_kernel" and value not in KERNELS:
+            raise ValueError(f"build_model: option daam_kernel={value!r} must be one of {list(KERNELS)}")
         if name in ("conv_channels", "mha_heads", "gqa_dim", "query_heads", "kv_heads", "num_gaussians",
                     "mixture_heads", "num_heads") and value is not None and value < 1:
             raise ValueError(f"build_model: option {name}={value!r} must be >= 1")
@@ -164,7 +167,7 @@ def build_model(method: str, num_layers: int, feature_dim: int, num_classes: int
       MHA's attention across the mini-batch.  gqa_dim (512), query_heads (8), kv_heads (2), standard_gqa (False).
       layer (None): 0-based layer of the ``linear`` probe, None = mean of layers; for ``mha@released`` the one layer
       it reads (default: 22 of 24 as the released code, else the last).  num_gaussians (4), mixture_heads (8;
-      at most N/2 by default).
+      at most N/2 by default).  daam_kernel ("eager"): "fast" runs DAAM (v1, v2, GQDAAM) through the C++ kernel.
 
     ``mha@released`` is the released IEMOCAP MHA.py: one layer, attention across the mini-batch, a 1-channel conv
     head (Conv 1->C, Conv C->1, Linear(d -> classes)).
@@ -192,7 +195,9 @@ def build_model(method: str, num_layers: int, feature_dim: int, num_classes: int
     if method in ("daam_v1", "daam_v2"):
         resolved["num_heads"] = daam_heads()
         resolved["squared_variance"] = opt["squared_variance"]
-        attention: nn.Module = DAAM(n, d, num_heads=resolved["num_heads"], squared_variance=opt["squared_variance"])
+        attention: nn.Module = DAAM(
+            n, d, num_heads=resolved["num_heads"], squared_variance=opt["squared_variance"], kernel=opt["daam_kernel"]
+        )
     elif method == "mixture":
         # default: at most N/2 chunks, so that every chunk has the >= 2 layers an unbiased variance needs
         heads = min(opt["mixture_heads"], max(1, n // 2)) if "mixture_heads" not in options else opt["mixture_heads"]
@@ -207,6 +212,7 @@ def build_model(method: str, num_layers: int, feature_dim: int, num_classes: int
         attention = GQDAAM(
             n, d, daam_heads=heads, gqa_dim=opt["gqa_dim"], query_heads=opt["query_heads"],
             kv_heads=opt["kv_heads"], standard_gqa=opt["standard_gqa"], squared_variance=opt["squared_variance"],
+            daam_kernel=opt["daam_kernel"],
         )
         width = opt["gqa_dim"]
     elif method in ("mha", "mha_bn", "mha@across_batch"):
