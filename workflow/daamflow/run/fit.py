@@ -62,8 +62,9 @@ def versions() -> dict:
 
 
 def use_amp(hp: dict, dev: torch.device) -> bool:
-    """Mixed precision (bfloat16 autocast, a bfloat16 frozen encoder) only on a GPU, as the paper."""
-    return hp["amp"] == "auto" and dev.type == "cuda"
+    """Mixed precision (bfloat16 autocast, a bfloat16 frozen encoder) only on a GPU, as the paper, and only one with
+    bfloat16 (Ampere or newer): torch refuses bfloat16 autocast on older GPUs, where training runs in float32."""
+    return hp["amp"] == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def finished(fold_dir: Path, identity: str) -> dict | None:
