@@ -51,9 +51,9 @@ def _saved(family, folder, pooling="mean", **options):
 
 def _settings(spec, modality, method="lora_r4"):
     """The finetune settings of a dataset of ``modality`` embedded with the encoder ``spec``: one epoch, 3 folds."""
+    source = {"audio": "espeak_prosody", "image": "fashion_mnist", "text": "wordnet"}[modality]  # for its modality
     config = validate_config({
-        "datasets": {"own": {"source": {"audio": "espeak_prosody", "image": "fashion_mnist", "text": "wordnet"}[modality],
-                             "encoder": "enc", "evaluation": {"scheme": "kfold", "folds": 3}}},
+        "datasets": {"own": {"source": source, "encoder": "enc", "evaluation": {"scheme": "kfold", "folds": 3}}},
         "encoders": {"enc": spec}, "methods": [method],
         "training": {"defaults": {"epochs": 1, "lr": 1e-2, "batch_size": 2}},
     })

@@ -1,6 +1,7 @@
 """The LoRA / LoRA+ model (docs/paper-notes.md#48-lora, docs/paper-notes.md#49-lora-plus): the frozen encoder with
 peft adapters on the configured target modules and a linear head on the last hidden state pooled by embed's rule (the
-encoder spec's ``pooling``: the masked mean, or the last valid token), its optimiser, the weights a checkpoint keeps, and ``LoraLearner``, the model as ``fit`` sees it.
+encoder spec's ``pooling``: the masked mean, or the last valid token), its optimiser, the weights a checkpoint keeps,
+and ``LoraLearner``, the model as ``fit`` sees it.
 """
 from __future__ import annotations
 
@@ -191,7 +192,7 @@ class Inputs:
 
     def pooled(self, model: torch.nn.ModuleDict, rows: np.ndarray, dev: torch.device,
                dtype: torch.dtype) -> torch.Tensor:
-        """Encoder → its last hidden state pooled by embed's rule (float32); at_padding: the last position as it is."""
+        """Encoder → its last hidden state pooled by embed's rule (float32); at_padding: the last position, as is."""
         feed, mask = self.feed(rows)
         hidden = model["encoder"](**self.pipeline.to_device(feed, dev, dtype), **self.options).last_hidden_state
         if self.at_padding:

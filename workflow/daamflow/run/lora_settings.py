@@ -33,10 +33,10 @@ RELEASED_TARGETS = {
     "llama": ["q_proj", "v_proj"],
     "bert": ["query", "value"],
 }
-# Any other model_type: its query and key (released: query and value) projections, found by the two names
-# transformers gives them, (query, key, value) leaf module names; BERT-style encoders name them query/key/value,
-# ViT, DeiT, CLIP's vision tower, Whisper's encoder, wav2vec2, HuBERT and Llama-style decoders q_proj/k_proj/v_proj.
-# A model with neither set (GPT-2's fused c_attn, T5's q/k/v) needs finetune.targets.<model_type>.
+# Any other model_type: its query and key projections (released: query and value), found by the leaf module names
+# transformers gives them, one (query, key, value) set per naming: q_proj/k_proj/v_proj in ViT, DeiT, CLIP's vision
+# tower, Whisper's encoder, wav2vec2, HuBERT and Llama-style decoders; query/key/value in BERT-style encoders. A model
+# with neither set (GPT-2's fused c_attn, T5's q/k/v) needs finetune.targets.<model_type> (lora_model says so).
 PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
 
 
