@@ -17,7 +17,7 @@ from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers (weights transposed); peft adapts them too
 
-from daamflow.data.batching import grouped_batches, make_inputs
+from daamflow.data.batching import grouped_batches, make_inputs, plan_batches
 from daamflow.data.embed import check_poolable, frame_mask, last_token, load_model, masked_mean
 from daamflow.data.encoders import load_processor, read_encoder_info
 from daamflow.run.fit import Learner
@@ -236,9 +236,15 @@ class LoraLearner(Learner):
         return self.inputs.logits(self.model, rows, self.dev, self.dtype)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
-        preds = [self.logits(rows[start:start + self.batch_size]).argmax(dim=1).cpu()
-                 for start in range(0, len(rows), self.batch_size)]
-        return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+        """Predictions in the order of ``rows``; with ``group_by_length`` the passes run on batches of near-equal
+        length (``plan_batches``), as training does: a batch of the given order pads every sample to its longest."""
+        positions = np.arange(len(rows))
+        batches = (plan_batches(self.inputs.pipeline.lengths[rows], self.batch_size) if self.group_by_length
+                   else [positions[start:start + self.batch_size] for start in positions[::self.batch_size]])
+        pred = np.zeros(len(rows), dtype=np.int64)
+        for batch in batches:
+            pred[batch] = self.logits(rows[batch]).argmax(dim=1).cpu().numpy()
+        return pred
 
     def weights(self) -> dict:
         return adapter_state(self.model)
