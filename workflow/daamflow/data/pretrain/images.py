@@ -1,0 +1,104 @@
+"""BEiT's masked image modelling on Fashion-MNIST training images that no evaluation sample holds."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from daamflow.data.manifest import read_prepared, sha256_file
+from daamflow.data.pretrain import kmeans, nearest, train_loop
+
+log = logging.getLogger(__name__)
+
+
+def excluded_indices(exclude: list[Path], source: str) -> tuple[set[int], list[dict]]:
+    """Training-split image indices of the prepared ``fashion_mnist`` folders in ``exclude`` (their ids are
+    ``fmnist-<split>-<index>``), and a record of each folder (source, counts, manifest sha256)."""
+    indices, record = set(), []
+    for folder in exclude:
+        df, meta = read_prepared(folder)
+        if meta["source"] != source:
+            raise ValueError(f"pretrain: {folder} is a {meta['source']} dataset; a {source} pretraining can only "
+                             f"exclude {source} samples")
+        train = df["id"][df["id"].str.startswith("fmnist-train-")]
+        indices |= {int(i.rsplit("-", 1)[1]) for i in train}
+        record.append({"data": str(folder), "source": meta["source"], "samples": len(df),
+                       "excluded_train_images": len(train), "manifest_sha256": sha256_file(folder / "manifest.csv")})
+    return indices, record
+
+
+def pretraining_pool(settings: dict, exclude: list[Path]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(images uint8 n×28×28, their training-split indices, a data record): ``steps × batch_size`` images drawn
+    (seeded) from the official training split minus every excluded index; the test split is never used."""
+    from daamflow.data.datasets.fashion_mnist import load_split
+
+    images, _ = load_split("train", settings["root"])
+    excluded, record = excluded_indices(exclude, "fashion_mnist")
+    pool = np.setdiff1d(np.arange(len(images)), np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
+    wanted = settings["steps"] * settings["batch_size"]
+    rng = np.random.default_rng(settings["seed"])
+    picked = np.sort(rng.choice(pool, size=min(wanted, len(pool)), replace=False))
+    overlap = excluded.intersection(picked.tolist())
+    if overlap:  # cannot happen; the check makes the guarantee explicit
+        raise AssertionError(f"pretraining images overlap the evaluation sample: {sorted(overlap)[:5]}")
+    return images[picked], picked, {
+        "source": "fashion_mnist", "split": "train", "root": settings["root"], "images": int(len(picked)),
+        "pool": int(len(pool)), "indices_sha256": _digest(picked), "excluded": record,
+    }
+
+
+def _digest(indices: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.asarray(indices, dtype="<i8").tobytes()).hexdigest()
+
+
+def pretrain_mim(model_config, settings: dict, exclude: list[Path]):
+    """Masked image modelling: returns (``BeitModel`` with the trained weights, record)."""
+    import torch
+    import transformers
+
+    images, _, data = pretraining_pool(settings, exclude)
+    cfg = model_config
+    size, patch, channels = cfg.image_size, cfg.patch_size, cfg.num_channels
+    if channels != 1 or size % patch:
+        raise ValueError(f"pretrain (beit): Fashion-MNIST needs num_channels 1 and an image_size divisible by "
+                         f"patch_size, got {channels}, {size}, {patch}")
+    x = torch.tensor(images, dtype=torch.float32).div(255).sub(0.5).div(0.5).unsqueeze(1)  # the processor's scaling
+    if size != 28:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    grid = size // patch
+    patches = x.unfold(2, patch, patch).unfold(3, patch, patch).reshape(len(x), grid * grid, patch * patch)
+    gen = torch.Generator().manual_seed(settings["seed"])
+    flat = patches.reshape(-1, patch * patch)
+    sample = flat[torch.randperm(len(flat), generator=gen)[:20_000]]
+    codebook = kmeans(sample, settings["visual_tokens"], 15, gen)
+    tokens = nearest(flat, codebook).reshape(len(x), grid * grid)
+    log.info("pretrain (beit): %d images, %d visual tokens (%d used)", len(x), len(codebook), len(tokens.unique()))
+
+    mim_config = transformers.BeitConfig(**{**cfg.to_dict(), "vocab_size": settings["visual_tokens"],
+                                            "use_mask_token": True})
+    mim = transformers.BeitForMaskedImageModeling(mim_config)
+    mim.train()
+    bs, n_patches = settings["batch_size"], grid * grid
+    n_masked = max(1, int(round(settings["mask_ratio"] * n_patches)))
+
+    def batch(step: int):
+        rows = torch.arange(step * bs, (step + 1) * bs) % len(x)
+        order = torch.rand(bs, n_patches, generator=gen).argsort(1)[:, :n_masked]
+        mask = torch.zeros(bs, n_patches, dtype=torch.bool).scatter_(1, order, True)
+        return x[rows], mask, tokens[rows][mask]
+
+    def loss(b):
+        pixels, mask, labels = b
+        return mim(pixels, bool_masked_pos=mask, labels=labels).loss
+
+    curve = train_loop(list(mim.parameters()), settings, batch, loss, "pretrain beit (MIM)")
+    base = transformers.BeitModel(cfg)
+    missing, unexpected = base.load_state_dict(mim.beit.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("pooler.") for k in missing):
+        raise RuntimeError(f"pretrain (beit): weights do not fit BeitModel: missing {missing}, unexpected {unexpected}")
+    return base, {"objective": "mim (BEiT: masked patches -> k-means visual tokens)", "data": data,
+                  "visual_tokens_used": int(len(tokens.unique())), "loss_curve": curve}
