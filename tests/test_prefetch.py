@@ -60,8 +60,9 @@ class Unreadable:
         self.features, self.bad_row, self.shape, self.dtype = features, bad_row, features.shape, features.dtype
 
     def __getitem__(self, key):
-        if key == self.bad_row:
-            raise OSError(f"[Errno 5] Input/output error reading row {key} of features.npy")
+        rows = key[0] if isinstance(key, tuple) else key  # features[rows] or features[np.ix_(rows, layers)]
+        if self.bad_row in np.asarray(rows):
+            raise OSError(f"[Errno 5] Input/output error reading row {self.bad_row} of features.npy")
         return self.features[key]
 
 
