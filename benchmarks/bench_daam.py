@@ -1,16 +1,18 @@
 """Benchmark DAAM forward+backward on CPU against the released code's per-head loop and a memory roofline.
 
-    python benchmarks/bench_daam.py [--threads 2] [--repeats 5] [--compile]
+    python benchmarks/bench_daam.py [--threads 1 2] [--repeats 5] [--compile]
 
-For each shape, float32, DAAMv1 (8 heads):
+For each thread count and shape, float32, DAAMv1 (8 heads):
   * loop      - the released code's way (one DAAM module per head, Python loop, torch autograd), written out here;
   * autograd  - the same formula vectorised over heads, differentiated by plain autograd;
   * fused     - daamflow.models.daam.DAAM (one autograd.Function with an analytic backward);
   * fused-nodx - the same when the input needs no gradient (the training case: DAAM reads frozen features);
+  * fast, fast-nodx - DAAM(kernel="fast"): the C++/OpenMP kernel (daamflow.models._kernels; skipped, with the
+    reason, where it cannot be built);
   * compiled  - opt-in (--compile): torch.compile of the vectorised formula, with its compile cost.
 The roofline is the unavoidable traffic (forward reads x and writes y; backward reads x and dy and writes dx:
 5 tensors of B*N*d float32; 4 without dx) divided by the copy bandwidth measured here on a large tensor (same thread
-count).
+count); "roofline/this" is the share of that bound a variant reaches.
 Times are the minimum over ``--repeats`` runs (the machine may be shared; the minimum is the least disturbed run).
 Besides wall time, the process CPU time is shown: on a shared machine with ``--threads 1`` it approximates the
 uncontended single-core time, so the loop/this ratio is also given on CPU time.
@@ -23,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 
+from daamflow.models import _kernels
 from daamflow.models.daam import DAAM
 
 SHAPES = ((256, 24, 1024), (32, 40, 5120))
@@ -78,54 +81,68 @@ def bench(step: Callable[[], object], repeats: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
+                        help="torch intra-op thread counts, each run in turn")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (minimum is reported)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the vectorised formula")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    bandwidth = copy_bandwidth(args.repeats)
-    print(f"torch {torch.__version__}, {args.threads} threads, copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+    if _kernels.unavailable_reason():
+        print(f"fast kernel skipped: {_kernels.unavailable_reason()}")
     compiled = torch.compile(vectorised_daam) if args.compile else None
-    for shape in SHAPES:
-        b, n, d = shape
-        module = DAAM(n, d, num_heads=HEADS)
-        with torch.no_grad():  # away from init so that every term of the gradient is exercised
-            module.mean_offset.normal_(0, 0.05)
-            module.scaled_variance.normal_(2, 0.05)
-        delta, xi = module.mean_offset, module.scaled_variance
-        x = torch.randn(shape, requires_grad=True)
-        grad_out = torch.randn(shape)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        bandwidth = copy_bandwidth(args.repeats)
+        print(f"\ntorch {torch.__version__}, {threads} threads, copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+        for shape in SHAPES:
+            run_shape(shape, bandwidth, args.repeats, compiled)
 
-        def step(fn):
-            def run():
-                x.grad = None
-                delta.grad = xi.grad = None
-                fn().backward(grad_out)
 
-            return run
+def run_shape(shape: tuple[int, int, int], bandwidth: float, repeats: int, compiled) -> None:
+    """Time every variant on one shape and print its lines."""
+    b, n, d = shape
+    module = DAAM(n, d, num_heads=HEADS)
+    with torch.no_grad():  # away from init so that every term of the gradient is exercised
+        module.mean_offset.normal_(0, 0.05)
+        module.scaled_variance.normal_(2, 0.05)
+    fast = DAAM(n, d, num_heads=HEADS, kernel="fast")
+    fast.load_state_dict(module.state_dict())
+    delta, xi = module.mean_offset, module.scaled_variance
+    x = torch.randn(shape, requires_grad=True)
+    grad_out = torch.randn(shape)
 
-        variants = {
-            "loop": step(lambda: loop_daam(x, delta, xi, HEADS)),
-            "autograd": step(lambda: vectorised_daam(x, delta, xi, HEADS)),
-            "fused": step(lambda: module(x)),
-            "fused-nodx": step(lambda: module(x.detach())),
-        }
-        roofline = 5 * x.numel() * x.element_size() / bandwidth
-        times = {name: bench(fn, args.repeats) for name, fn in variants.items()}
-        if compiled is not None:
-            first = _time(step(lambda: compiled(x, delta, xi, HEADS)))[0]
-            times["compiled"] = bench(step(lambda: compiled(x, delta, xi, HEADS)), args.repeats)
-        print(f"\nshape {shape}: roofline {roofline * 1e3:.2f} ms (5 x {x.numel() * 4 / 1e6:.1f} MB)")
-        for name, (seconds, cpu) in times.items():
-            bound = roofline * (4 / 5 if name == "fused-nodx" else 1)  # no dx to write
-            print(
-                f"  {name:10s} {seconds * 1e3:8.2f} ms (cpu {cpu * 1e3:8.2f} ms)   "
-                f"loop/this {times['loop'][0] / seconds:5.1f}x (cpu {times['loop'][1] / cpu:5.1f}x)   "
-                f"roofline/this {100 * bound / seconds:5.1f} %"
-            )
-        if compiled is not None:
-            print(f"  compiled: first call (compile + run) {first:.1f} s")
+    def step(fn):
+        def run():
+            x.grad = None
+            module.zero_grad()
+            fast.zero_grad()
+            fn().backward(grad_out)
+
+        return run
+
+    variants = {
+        "loop": step(lambda: loop_daam(x, delta, xi, HEADS)),
+        "autograd": step(lambda: vectorised_daam(x, delta, xi, HEADS)),
+        "fused": step(lambda: module(x)),
+        "fused-nodx": step(lambda: module(x.detach())),
+    }
+    if _kernels.unavailable_reason() is None:
+        variants.update({"fast": step(lambda: fast(x)), "fast-nodx": step(lambda: fast(x.detach()))})
+    roofline = 5 * x.numel() * x.element_size() / bandwidth
+    times = {name: bench(fn, repeats) for name, fn in variants.items()}
+    if compiled is not None:
+        first = _time(step(lambda: compiled(x, delta, xi, HEADS)))[0]
+        times["compiled"] = bench(step(lambda: compiled(x, delta, xi, HEADS)), repeats)
+    print(f"shape {shape}: roofline {roofline * 1e3:.2f} ms (5 x {x.numel() * 4 / 1e6:.1f} MB)")
+    for name, (seconds, cpu) in times.items():
+        bound = roofline * (4 / 5 if name.endswith("-nodx") else 1)  # no dx to write
+        print(
+            f"  {name:10s} {seconds * 1e3:8.2f} ms (cpu {cpu * 1e3:8.2f} ms)   "
+            f"loop/this {times['loop'][0] / seconds:5.1f}x (cpu {times['loop'][1] / cpu:5.1f}x)   "
+            f"roofline/this {100 * bound / seconds:5.1f} %"
+        )
+    if compiled is not None:
+        print(f"  compiled: first call (compile + run) {first:.1f} s")
 
 
 if __name__ == "__main__":

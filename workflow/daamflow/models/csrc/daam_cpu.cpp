@@ -3,9 +3,10 @@
 // The same mathematics as daamflow.models.daam._DAAMFunction (its docstring has the formulas; docs/paper-notes.md
 // section 1.2-1.5 the model), organised for memory traffic: the (b, h) blocks (n x d, contiguous) are taken in
 // memory order, each in tiles of at most TILE features; a tile's n x TILE values of x are read once from memory and
-// stay in L1 while the per-feature statistics and then every output of the tile are computed. The forward
-// writes y (and the gate G only when asked); the backward re-reads x (nothing but x is saved: the statistics are
-// recomputed from the cached block), reads dy and writes dx. That is the traffic floor: 2 + 3 tensors.
+// stay in L1 while the per-feature statistics and then every output of the tile are computed; the next tile is
+// prefetched meanwhile. The forward writes y (and the gate G only when asked); the backward re-reads x (nothing but x
+// is saved: the statistics are recomputed from the cached block), reads dy and writes dx. That is the traffic floor:
+// 2 + 3 tensors (large calls write with streaming stores, which spare the read a normal store makes first).
 // The parameter gradients are sums over the batch, taken in an order fixed by the shape alone (see backward), so the
 // result does not depend on the number of threads.
 //
@@ -15,11 +16,14 @@
 //
 // The score is kept in base 2, u' = u sqrt(log2 e), so that G = 2^(-u'^2) (see _DAAMFunction); the sums P1', P2' over
 // u' are converted once per (b, h, feature).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <algorithm>
 #include <vector>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -87,13 +91,78 @@ std::vector<T> sqrt_kappa(const T* __restrict xi, int64_t size, bool squared) {
   return sk;
 }
 
-// One (b, h) block of x, n x d at xb, tile by tile: fills a = r sqrt(kappa') and mu, calls body(j0, w, ...) per tile.
+// Tensors a tile loop streams through, whose next tile is prefetched while the current one is computed (one tile
+// ahead covers the memory latency; the hardware prefetchers alone lose time at every tile and block boundary).
+template <typename T>
+struct Streams {
+  const T* in[2];  // x, and dy in the backward (else null)
+  T* out;          // y or dx (null: none)
+};
+
+// A call whose tensors (inputs and outputs) exceed this many bytes, a common last-level cache size, writes its output
+// with non-temporal stores: the output would leave the cache before anything reads it, and a normal store first reads
+// each line it writes (one more tensor of traffic). Smaller calls (a training batch) leave the output in cache.
+constexpr int64_t STREAM_BYTES = int64_t(32) << 20;
+
+// dst[0, w) = src[0, w), with streaming stores for the 64-byte-aligned (AVX: 32) full vectors where available.
+inline void stream_copy(float* dst, const float* src, int64_t w) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  for (; j < w && (reinterpret_cast<uintptr_t>(dst + j) & 63); ++j) dst[j] = src[j];
+  for (; j + 16 <= w; j += 16) _mm512_stream_ps(dst + j, _mm512_loadu_ps(src + j));
+#elif defined(__AVX__)
+  for (; j < w && (reinterpret_cast<uintptr_t>(dst + j) & 31); ++j) dst[j] = src[j];
+  for (; j + 8 <= w; j += 8) _mm256_stream_ps(dst + j, _mm256_loadu_ps(src + j));
+#endif
+  for (; j < w; ++j) dst[j] = src[j];
+}
+
+inline void stream_copy(double* dst, const double* src, int64_t w) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  for (; j < w && (reinterpret_cast<uintptr_t>(dst + j) & 63); ++j) dst[j] = src[j];
+  for (; j + 8 <= w; j += 8) _mm512_stream_pd(dst + j, _mm512_loadu_pd(src + j));
+#elif defined(__AVX__)
+  for (; j < w && (reinterpret_cast<uintptr_t>(dst + j) & 31); ++j) dst[j] = src[j];
+  for (; j + 4 <= w; j += 4) _mm256_stream_pd(dst + j, _mm256_loadu_pd(src + j));
+#endif
+  for (; j < w; ++j) dst[j] = src[j];
+}
+
+// Orders a thread's streaming stores before the end of the parallel region (they bypass the usual store ordering).
+inline void stream_fence() {
+#if defined(__AVX__)
+  _mm_sfence();
+#endif
+}
+
+template <typename T>
+inline void prefetch_tile(const T* p, int64_t n, int64_t d, int64_t w, bool write) {
+  for (int64_t l = 0; l < n; ++l)
+    for (int64_t j = 0; j < w; j += 64 / int64_t(sizeof(T))) {
+      if (write)
+        __builtin_prefetch(p + l * d + j, 1, 3);
+      else
+        __builtin_prefetch(p + l * d + j, 0, 3);
+    }
+}
+
+// One (b, h) block, n x d at offset off, tile by tile: fills a = r sqrt(kappa') and mu, calls body(j0, w, ...) per
+// tile. next_off: the offset of the block processed after this one (-1: none), whose first tile is prefetched.
 template <typename T, typename Body>
-inline void for_tiles(const T* xb, int64_t n, int64_t d, T floor_, const T* sk_h, Body body) {
+inline void for_tiles(const Streams<T>& st, int64_t off, int64_t next_off, int64_t n, int64_t d, T floor_,
+                      const T* sk_h, Body body) {
   T mu[TILE], r[TILE], sgn[TILE], a[TILE];
   for (int64_t j0 = 0; j0 < d; j0 += TILE) {
     const int64_t w = (d - j0 < TILE) ? d - j0 : TILE;
-    block_stats(xb + j0, n, d, w, floor_, mu, r, sgn);
+    const int64_t pf = j0 + TILE < d ? off + j0 + TILE : next_off;
+    if (pf >= 0) {
+      const int64_t pw = j0 + TILE < d ? std::min(TILE, d - j0 - TILE) : std::min(TILE, d);
+      for (const T* in : st.in)
+        if (in) prefetch_tile(in + pf, n, d, pw, false);
+      if (st.out) prefetch_tile(st.out + pf, n, d, pw, true);
+    }
+    block_stats(st.in[0] + off + j0, n, d, w, floor_, mu, r, sgn);
 #pragma omp simd
     for (int64_t j = 0; j < w; ++j) a[j] = r[j] * sk_h[j0 + j];
     body(j0, w, mu, r, sgn, a);
@@ -106,15 +175,19 @@ void forward(const T* x, const T* delta, const T* xi, T* y, T* gate, int64_t B, 
              double eps, bool squared, int threads) {
   const T floor_ = T(1e-8 + eps);
   const std::vector<T> sk = sqrt_kappa(xi, H * d, squared);
+  const bool stream = (WITH_GATE ? 3 : 2) * B * H * n * d * int64_t(sizeof(T)) > STREAM_BYTES;
+  const Streams<T> st{{x, nullptr}, stream ? nullptr : y};
 #pragma omp parallel for schedule(static) num_threads(threads) if (B * H * n * d > 65536)
   for (int64_t blk = 0; blk < B * H; ++blk) {
     const int64_t h = blk % H, off = blk * n * d;
-    for_tiles(x + off, n, d, floor_, sk.data() + h * d, [&](int64_t j0, int64_t w, const T* mu, const T*, const T*,
-                                                             const T* a) {
+    T yt[TILE];
+    const int64_t next = blk + 1 < B * H ? off + n * d : -1;
+    for_tiles(st, off, next, n, d, floor_, sk.data() + h * d, [&](int64_t j0, int64_t w, const T* mu, const T*,
+                                                                   const T*, const T* a) {
       const T* dl = delta + h * d + j0;
       for (int64_t l = 0; l < n; ++l) {
         const T* xl = x + off + l * d + j0;
-        T* yl = y + off + l * d + j0;
+        T* yl = stream ? yt : y + off + l * d + j0;
         T* gl = WITH_GATE ? gate + off + l * d + j0 : nullptr;
 #pragma omp simd
         for (int64_t j = 0; j < w; ++j) {
@@ -123,8 +196,10 @@ void forward(const T* x, const T* delta, const T* xi, T* y, T* gate, int64_t B, 
           yl[j] = xl[j] * g;
           if (WITH_GATE) gl[j] = g;
         }
+        if (stream) stream_copy(y + off + l * d + j0, yt, w);
       }
     });
+    if (stream) stream_fence();
   }
 }
 
@@ -142,21 +217,26 @@ void backward(const T* x, const T* gy, const T* delta, const T* xi, T* gx, T* g_
   const std::vector<T> sk = sqrt_kappa(xi, H * d, squared);
   const int64_t chunks = std::min(B, std::max<int64_t>(1, (32 + H - 1) / H)), per = (B + chunks - 1) / chunks;
   std::vector<double> part_gd(chunks * H * d, 0.0), part_p2(chunks * H * d, 0.0);
+  const bool stream = WITH_DX && 3 * B * H * n * d * int64_t(sizeof(T)) > STREAM_BYTES;
 #pragma omp parallel num_threads(threads) if (B * H * n * d > 65536)
   {
     // per thread: dy G and q u' of one tile of a block, kept for the dx pass
     std::vector<T> gyg_buf(WITH_DX ? n * TILE : 0), qu_buf(WITH_DX ? n * TILE : 0);
     T* gyg = gyg_buf.data();
     T* qu = qu_buf.data();
+    const Streams<T> st{{x, gy}, stream ? nullptr : gx};
+    T dxt[TILE];
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < chunks * H; ++task) {
       const int64_t c = task / H, h = task % H;
       double* acc_gd = part_gd.data() + task * d;  // row (c, h)
       double* acc_p2 = part_p2.data() + task * d;
-      for (int64_t b = c * per; b < std::min(B, (c + 1) * per); ++b) {
+      const int64_t b_end = std::min(B, (c + 1) * per);
+      for (int64_t b = c * per; b < b_end; ++b) {
         const int64_t off = (b * H + h) * n * d;
-        for_tiles(x + off, n, d, floor_, sk.data() + h * d, [&](int64_t j0, int64_t w, const T* mu, const T* r,
-                                                                 const T* sgn, const T* a) {
+        const int64_t next = b + 1 < b_end ? off + H * n * d : -1;
+        for_tiles(st, off, next, n, d, floor_, sk.data() + h * d, [&](int64_t j0, int64_t w, const T* mu,
+                                                                       const T* r, const T* sgn, const T* a) {
           const T* dl = delta + h * d + j0;
           T p1[TILE], p2[TILE], a2[TILE], cx[TILE], e[TILE];
 #pragma omp simd
@@ -193,12 +273,14 @@ void backward(const T* x, const T* gy, const T* delta, const T* xi, T* gx, T* g_
             const T* xl = x + off + l * d + j0;
             const T* gyg_l = gyg + l * TILE;
             const T* qu_l = qu + l * TILE;
-            T* dxl = gx + off + l * d + j0;
+            T* dxl = stream ? dxt : gx + off + l * d + j0;
 #pragma omp simd
             for (int64_t j = 0; j < w; ++j) dxl[j] = gyg_l[j] - a2[j] * qu_l[j] + cx[j] * xl[j] + e[j];
+            if (stream) stream_copy(gx + off + l * d + j0, dxt, w);
           }
         });
       }
+      if (stream) stream_fence();
     }
   }
   const double c_xi = (squared ? 2.0 : 1.0) / LOG2E;
