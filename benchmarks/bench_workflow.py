@@ -1,7 +1,8 @@
-"""Where a workflow run's time went: the per-stage table of Snakemake's benchmark files.
+"""Where a workflow run's time went: the per-stage table of the jobs' usage files.
 
-Every rule writes ``<results>/benchmarks/<stage>/<job>.tsv`` (Snakemake's ``benchmark:``: wall seconds, CPU seconds,
-peak memory). This sums them per stage, so anyone can see which stage to make faster:
+Every rule's job writes ``<results>/benchmarks/<stage>/<job>.tsv`` (``daamflow --usage``: wall seconds, CPU seconds of
+the job and its children, peak memory; the columns of Snakemake's benchmark files, which this also reads). This sums
+them per stage, so anyone can see which stage to make faster:
 
     python benchmarks/bench_workflow.py results            # the table, slowest stage first
     python benchmarks/bench_workflow.py results --jobs 10  # and the ten slowest jobs

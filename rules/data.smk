@@ -4,6 +4,7 @@ rule prepare:
         manifest=out(targets.MANIFEST),
         meta=out(targets.META),
     params:
+        usage=benchmark_file("prepare", "{dataset}"),
         out=lambda w, output: os.path.dirname(output.manifest),
         source=lambda w: config["datasets"][w.dataset]["source"],
         options=lambda w: json.dumps(config["datasets"][w.dataset]["options"], sort_keys=True),
@@ -12,14 +13,12 @@ rule prepare:
         "../envs/daamflow.yaml"
     log:
         log_file("prepare", "{dataset}"),
-    benchmark:
-        benchmark_file("prepare", "{dataset}")
     threads: 2
     resources:
         mem_mb=2000,
         runtime=30,
     shell:
-        "daamflow prepare --source {params.source:q} --out {params.out:q} --seed {params.seed}"
+        "daamflow --usage {params.usage:q} prepare --source {params.source:q} --out {params.out:q} --seed {params.seed}"
         " --options {params.options:q} > {log:q} 2>&1"
 
 
@@ -40,6 +39,7 @@ rule encoder:
     output:
         spec=out(targets.ENCODER_SPEC),
     params:
+        usage=benchmark_file("encoder", "{encoder}"),
         out=lambda w, output: os.path.dirname(output.spec),
         spec=lambda w: json.dumps(config["encoders"][w.encoder], sort_keys=True),
         lock=config["encoder_lock"],
@@ -48,11 +48,10 @@ rule encoder:
         "../envs/daamflow.yaml"
     log:
         log_file("encoder", "{encoder}"),
-    benchmark:
-        benchmark_file("encoder", "{encoder}")
     resources:
         mem_mb=2000,
         runtime=30,
     shell:
-        "daamflow encoder --spec {params.spec:q} --out {params.out:q} --lock {params.lock:q} {params.exclude:q}"
+        "daamflow --usage {params.usage:q} encoder"
+        " --spec {params.spec:q} --out {params.out:q} --lock {params.lock:q} {params.exclude:q}"
         " > {log:q} 2>&1"

@@ -6,6 +6,7 @@ rule embed:
     output:
         **targets.feature_files(config, "{dataset}", "{encoder}"),
     params:
+        usage=benchmark_file("embed", "{dataset}_{encoder}"),
         data=lambda w, input: os.path.dirname(input.manifest),
         encoder=lambda w, input: os.path.dirname(input.encoder),
         out=lambda w, output: os.path.dirname(output.features),
@@ -22,8 +23,6 @@ rule embed:
         "../envs/daamflow.yaml"
     log:
         log_file("embed", "{dataset}_{encoder}"),
-    benchmark:
-        benchmark_file("embed", "{dataset}_{encoder}")
     threads: config["threads"]
     resources:
         **dataset_resources("embed", mem_mb=4000, runtime=60),
@@ -31,7 +30,8 @@ rule embed:
         # changed param would rerun the whole extraction)
         embed_workers=config["embed"]["num_workers"],
     shell:
-        "daamflow embed --data {params.data:q} --encoder {params.encoder:q} --out {params.out:q}"
+        "daamflow --usage {params.usage:q} embed"
+        " --data {params.data:q} --encoder {params.encoder:q} --out {params.out:q}"
         " --batch-size {params.batch_size} --layers {params.layers:q} --device {params.device:q} {params.max_length:q}"
         " --dtype {params.dtype:q} --threads {threads} --num-workers {resources.embed_workers} --no-progress"
         " > {log:q} 2>&1"

@@ -11,6 +11,7 @@ rule finetune:
     wildcard_constraints:
         method=catalog.LORA_PATTERN,
     params:
+        usage=benchmark_file("finetune", RUN),
         data=lambda w, input: os.path.dirname(input.manifest),
         encoder=lambda w, input: os.path.dirname(input.encoder),
         out=lambda w, output: os.path.dirname(output.runs),
@@ -20,11 +21,10 @@ rule finetune:
         "../envs/daamflow.yaml"
     log:
         log_file("finetune", RUN),
-    benchmark:
-        benchmark_file("finetune", RUN)
     threads: config["threads"]
     resources:
         **dataset_resources("finetune", mem_mb=4000, runtime=120),
     shell:
-        "daamflow finetune --data {params.data:q} --encoder {params.encoder:q} --out {params.out:q}"
+        "daamflow --usage {params.usage:q} finetune"
+        " --data {params.data:q} --encoder {params.encoder:q} --out {params.out:q}"
         " --settings {params.settings:q} --threads {threads} --launcher {params.launcher:q} > {log:q} 2>&1"

@@ -14,6 +14,7 @@ rule importance_map:
         heatmap=figure(targets.IF_HEATMAP, "if_figures", "{dataset}", "IF heatmap ({protocol})"),
         bars=figure(targets.IF_LAYERS, "if_figures", "{dataset}", "IF per layer ({protocol})"),
     params:
+        usage=benchmark_file("importance", "{dataset}_{protocol}_map"),
         runs=lambda w, input: os.path.dirname(input.runs),
         out=lambda w, output: os.path.dirname(output.layers),
         k=lambda w: targets.importance_k(config, w.dataset),
@@ -25,12 +26,11 @@ rule importance_map:
         "../envs/daamflow.yaml"
     log:
         log_file("importance", "{dataset}_{protocol}_map"),
-    benchmark:
-        benchmark_file("importance", "{dataset}_{protocol}_map")
     resources:
         mem_mb=2000,
     shell:
-        "daamflow importance map --runs {params.runs:q} --out {params.out:q} --k {params.k} --seed {params.seed}"
+        "daamflow --usage {params.usage:q} importance map"
+        " --runs {params.runs:q} --out {params.out:q} --k {params.k} --seed {params.seed}"
         " --protocol {wildcards.protocol} --if-source {params.source} {params.other}"
         " --heatmap {output.heatmap:q} --bars {output.bars:q} --title {params.title:q} > {log:q} 2>&1"
 
@@ -43,18 +43,18 @@ rule ablate:
     output:
         runs=out(targets.RUN_TABLE, method="{method}@{selection}"),
     params:
+        usage=benchmark_file("ablate", f"{RUN}@{{selection}}"),
         **HEAD_JOB_PARAMS,
     conda:
         "../envs/daamflow.yaml"
     log:
         log_file("ablate", f"{RUN}@{{selection}}"),
-    benchmark:
-        benchmark_file("ablate", f"{RUN}@{{selection}}")
     threads: config["threads"]
     resources:
         **TRAIN_RESOURCES,
     shell:
-        "daamflow train --features {params.store:q} --out {params.out:q} --settings {params.settings:q}"
+        "daamflow --usage {params.usage:q} train"
+        " --features {params.store:q} --out {params.out:q} --settings {params.settings:q}"
         " --layers-from {input.layers:q} --selection {wildcards.selection}"
         " --threads {threads} --launcher {params.launcher:q} > {log:q} 2>&1"
 
@@ -68,6 +68,7 @@ rule ablate_if_source:
     output:
         runs=out(targets.RUN_TABLE, method="{method}@high_if_{source}"),
     params:
+        usage=benchmark_file("ablate", f"{RUN}@high_if_{{source}}"),
         **HEAD_JOB_PARAMS,
     wildcard_constraints:
         source=alternatives(catalog.IF_SOURCES),
@@ -75,13 +76,12 @@ rule ablate_if_source:
         "../envs/daamflow.yaml"
     log:
         log_file("ablate", f"{RUN}@high_if_{{source}}"),
-    benchmark:
-        benchmark_file("ablate", f"{RUN}@high_if_{{source}}")
     threads: config["threads"]
     resources:
         **TRAIN_RESOURCES,
     shell:
-        "daamflow train --features {params.store:q} --out {params.out:q} --settings {params.settings:q}"
+        "daamflow --usage {params.usage:q} train"
+        " --features {params.store:q} --out {params.out:q} --settings {params.settings:q}"
         " --layers-from {input.layers:q} --selection high --label {wildcards.method}@high_if_{wildcards.source}"
         " --threads {threads} --launcher {params.launcher:q} > {log:q} 2>&1"
 
@@ -94,6 +94,7 @@ rule ablation_table:
     output:
         tables=table(targets.ABLATION_TABLE, "ablation", "Tables", "{dataset}"),
     params:
+        usage=benchmark_file("importance", "{dataset}_ablation"),
         stem=stem,
         layers=lambda w, input: [f"{p}={f}" for p, f in zip(config["protocols"], input.layers)],
         paper=lambda w: ["--paper-dataset", PAPER_DATASETS[w.dataset]] if w.dataset in PAPER_DATASETS else [],
@@ -101,10 +102,9 @@ rule ablation_table:
         "../envs/daamflow.yaml"
     log:
         log_file("importance", "{dataset}_ablation"),
-    benchmark:
-        benchmark_file("importance", "{dataset}_ablation")
     shell:
-        "daamflow importance ablation --runs {input.runs:q} --layers {params.layers:q} --out-table {params.stem:q}"
+        "daamflow --usage {params.usage:q} importance ablation"
+        " --runs {input.runs:q} --layers {params.layers:q} --out-table {params.stem:q}"
         " --title {wildcards.dataset:q} {params.paper:q} > {log:q} 2>&1"
 
 
@@ -115,6 +115,7 @@ rule probe:
     output:
         probe=out(targets.PROBE),
     params:
+        usage=benchmark_file("probe", "{dataset}_{protocol}"),
         store=lambda w, input: os.path.dirname(input.features),
         out=lambda w, output: os.path.dirname(output.probe),
         settings=lambda w: settings_json(train_settings(config, w.dataset, "linear", w.protocol)),
@@ -122,13 +123,12 @@ rule probe:
         "../envs/daamflow.yaml"
     log:
         log_file("probe", "{dataset}_{protocol}"),
-    benchmark:
-        benchmark_file("probe", "{dataset}_{protocol}")
     threads: config["threads"]
     resources:
         **TRAIN_RESOURCES,
     shell:
-        "daamflow importance probe --features {params.store:q} --settings {params.settings:q} --out {params.out:q}"
+        "daamflow --usage {params.usage:q} importance probe"
+        " --features {params.store:q} --settings {params.settings:q} --out {params.out:q}"
         " --threads {threads} > {log:q} 2>&1"
 
 
@@ -142,6 +142,7 @@ rule correlate:
         tables=table(targets.IF_PROBE_TABLE, "if_probe", "Tables", "{dataset}"),
         figure=figure(targets.IF_PROBE_FIGURE, "if_probe", "{dataset}", "IF vs probe accuracy ({protocol})"),
     params:
+        usage=benchmark_file("importance", "{dataset}_{protocol}_correlate"),
         probes=lambda w, input: os.path.dirname(input.probe),
         weights=lambda w, input: ["--weights-runs", os.path.dirname(input.weights)] if input.weights else [],
         stem=stem,
@@ -150,10 +151,9 @@ rule correlate:
         "../envs/daamflow.yaml"
     log:
         log_file("importance", "{dataset}_{protocol}_correlate"),
-    benchmark:
-        benchmark_file("importance", "{dataset}_{protocol}_correlate")
     shell:
-        "daamflow importance correlate --per-layer {input.per_layer:q} --probes {params.probes:q} {params.weights:q}"
+        "daamflow --usage {params.usage:q} importance correlate"
+        " --per-layer {input.per_layer:q} --probes {params.probes:q} {params.weights:q}"
         " --out-table {params.stem:q} --figure {output.figure:q} --title {params.title:q} > {log:q} 2>&1"
 
 
@@ -165,6 +165,7 @@ rule learned_parameters:
         tables=table(targets.LEARNED_TABLE, "learned_parameters", "Paper tables", "learned parameters",
                      "learned δ/ξ ranges"),
     params:
+        usage=benchmark_file("importance", "learned_parameters"),
         runs=lambda w, input: [os.path.dirname(p) for p in input.runs],
         stem=stem,
         pairs=PAPER_PAIRS,
@@ -172,8 +173,7 @@ rule learned_parameters:
         "../envs/daamflow.yaml"
     log:
         log_file("importance", "learned_parameters"),
-    benchmark:
-        benchmark_file("importance", "learned_parameters")
     shell:
-        "daamflow importance ranges --runs {params.runs:q} --out-table {params.stem:q} --paper-datasets {params.pairs:q}"
+        "daamflow --usage {params.usage:q} importance ranges"
+        " --runs {params.runs:q} --out-table {params.stem:q} --paper-datasets {params.pairs:q}"
         " > {log:q} 2>&1"

@@ -10,16 +10,16 @@ rule report_dataset:
         ],
         figure=figure(targets.ACCURACY_FIGURE, "accuracy_figure", "{dataset}", "{dataset} accuracy per fold/seed"),
     params:
+        usage=benchmark_file("report", "{dataset}"),
         tables=lambda w, output: os.path.dirname(output.tables[0]),
         figures=lambda w, output: os.path.dirname(output.figure),
     conda:
         "../envs/daamflow.yaml"
     log:
         log_file("report", "{dataset}"),
-    benchmark:
-        benchmark_file("report", "{dataset}")
     shell:
-        "daamflow report dataset --runs {input.runs:q} --tables {params.tables:q} --figures {params.figures:q} > {log:q} 2>&1"
+        "daamflow --usage {params.usage:q} report dataset"
+        " --runs {input.runs:q} --tables {params.tables:q} --figures {params.figures:q} > {log:q} 2>&1"
 
 
 rule paper_tables:
@@ -36,6 +36,7 @@ rule paper_tables:
             )
         ],
     params:
+        usage=benchmark_file("report", "{dataset}_vs_paper"),
         tables=lambda w, output: os.path.dirname(output.tables[0]),
         paper=lambda w: PAPER_DATASETS[w.dataset],
         stand_in=lambda w: "--stand-in" if w.dataset in targets.stand_ins(config) else "",
@@ -43,10 +44,9 @@ rule paper_tables:
         "../envs/daamflow.yaml"
     log:
         log_file("report", "{dataset}_vs_paper"),
-    benchmark:
-        benchmark_file("report", "{dataset}_vs_paper")
     shell:
-        "daamflow report paper --runs {input.runs:q} --paper-dataset {params.paper:q} {params.stand_in}"
+        "daamflow --usage {params.usage:q} report paper"
+        " --runs {input.runs:q} --paper-dataset {params.paper:q} {params.stand_in}"
         " --tables {params.tables:q} > {log:q} 2>&1"
 
 
@@ -57,16 +57,15 @@ rule paper_summary:
     output:
         tables=table(targets.PAPER_SUMMARY_TABLE, "paper_summary", "Paper tables", "summary", "paper summary"),
     params:
+        usage=benchmark_file("report", "paper_summary"),
         stem=stem,
         pairs=PAPER_PAIRS,
     conda:
         "../envs/daamflow.yaml"
     log:
         log_file("report", "paper_summary"),
-    benchmark:
-        benchmark_file("report", "paper_summary")
     shell:
-        "daamflow report paper-summary --runs {input.runs:q} --paper-datasets {params.pairs:q}"
+        "daamflow --usage {params.usage:q} report paper-summary --runs {input.runs:q} --paper-datasets {params.pairs:q}"
         " --out-table {params.stem:q} > {log:q} 2>&1"
 
 
@@ -75,15 +74,14 @@ rule parameter_table:
     output:
         tables=table(targets.PARAMETERS_TABLE, "parameters", "Paper tables", "parameters"),
     params:
+        usage=benchmark_file("report", "parameters"),
         tables=lambda w, output: os.path.dirname(output.tables[0]),
     conda:
         "../envs/daamflow.yaml"
     log:
         log_file("report", "parameters"),
-    benchmark:
-        benchmark_file("report", "parameters")
     shell:
-        "daamflow report parameters --tables {params.tables:q} > {log:q} 2>&1"
+        "daamflow --usage {params.usage:q} report parameters --tables {params.tables:q} > {log:q} 2>&1"
 
 
 rule claims:
@@ -97,6 +95,7 @@ rule claims:
         paired=table(targets.PAIRED_TABLE, "paired", "Claims", label="paired comparisons"),
         metrics=out(targets.CLAIMS_JSON),
     params:
+        usage=benchmark_file("report", "claims"),
         tables=lambda w, output: os.path.dirname(output.metrics),
         pairs=PAPER_PAIRS,
         alpha=config["claims"]["alpha"],
@@ -107,10 +106,9 @@ rule claims:
         "../envs/daamflow.yaml"
     log:
         log_file("report", "claims"),
-    benchmark:
-        benchmark_file("report", "claims")
     shell:
-        "daamflow report claims --runs {input.runs:q} --paper-datasets {params.pairs:q} --parameters {input.parameters:q}"
+        "daamflow --usage {params.usage:q} report claims"
+        " --runs {input.runs:q} --paper-datasets {params.pairs:q} --parameters {input.parameters:q}"
         " --tables {params.tables:q} --alpha {params.alpha} --margins {params.margins:q} --seeded {params.seeded:q}"
         " > {log:q} 2>&1"
 
@@ -123,16 +121,16 @@ rule quirk_table:
     output:
         tables=table(targets.QUIRKS_TABLE, "quirks", "Claims", label="quirk effects"),
     params:
+        usage=benchmark_file("report", "quirks"),
         stem=stem,
         alpha=config["claims"]["alpha"],
     conda:
         "../envs/daamflow.yaml"
     log:
         log_file("report", "quirks"),
-    benchmark:
-        benchmark_file("report", "quirks")
     shell:
-        "daamflow report quirks --runs {input.runs:q} --out-table {params.stem:q} --alpha {params.alpha} > {log:q} 2>&1"
+        "daamflow --usage {params.usage:q} report quirks"
+        " --runs {input.runs:q} --out-table {params.stem:q} --alpha {params.alpha} > {log:q} 2>&1"
 
 
 rule curves:
@@ -143,15 +141,15 @@ rule curves:
     output:
         curves=targets.curve_files(config),
     params:
+        usage=benchmark_file("report", "curves"),
         out=lambda w, output: os.path.dirname(os.path.dirname(output.curves[0])),  # …/curves/history/x.csv
     conda:
         "../envs/daamflow.yaml"
     log:
         log_file("report", "curves"),
-    benchmark:
-        benchmark_file("report", "curves")
     shell:
-        "daamflow report curves --runs {input.runs:q} --per-layer {input.per_layer:q} --probes {input.probes:q}"
+        "daamflow --usage {params.usage:q} report curves"
+        " --runs {input.runs:q} --per-layer {input.per_layer:q} --probes {input.probes:q}"
         " --out {params.out:q} > {log:q} 2>&1"
 
 
@@ -166,6 +164,7 @@ rule summary:
         md=report(out(targets.SUMMARY_MD), caption="../report/summary.rst", category="Summary"),
         json=out(targets.SUMMARY_JSON),
     params:
+        usage=benchmark_file("report", "summary"),
         paper_grid="--paper-grid" if targets.is_paper_grid(config) else "",
         pairs=PAPER_PAIRS,
         stand_ins=targets.stand_ins(config),
@@ -174,8 +173,7 @@ rule summary:
         "../envs/daamflow.yaml"
     log:
         log_file("report", "summary"),
-    benchmark:
-        benchmark_file("report", "summary")
     shell:
-        "daamflow report summary --runs {input.runs:q} --out-md {output.md:q} --out-json {output.json:q} {params.paper_grid}"
+        "daamflow --usage {params.usage:q} report summary"
+        " --runs {input.runs:q} --out-md {output.md:q} --out-json {output.json:q} {params.paper_grid}"
         " --paper-datasets {params.pairs:q} --stand-ins {params.stand_ins:q} --embed {params.embed:q} > {log:q} 2>&1"

@@ -7,16 +7,16 @@ rule train:
     wildcard_constraints:
         method=alternatives(catalog.HEAD_METHODS),  # the LoRA methods go to rule finetune
     params:
+        usage=benchmark_file("train", RUN),
         **HEAD_JOB_PARAMS,
     conda:
         "../envs/daamflow.yaml"
     log:
         log_file("train", RUN),
-    benchmark:
-        benchmark_file("train", RUN)
     threads: config["threads"]
     resources:
         **TRAIN_RESOURCES,
     shell:
-        "daamflow train --features {params.store:q} --out {params.out:q} --settings {params.settings:q}"
+        "daamflow --usage {params.usage:q} train"
+        " --features {params.store:q} --out {params.out:q} --settings {params.settings:q}"
         " --threads {threads} --launcher {params.launcher:q} > {log:q} 2>&1"

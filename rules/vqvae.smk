@@ -4,6 +4,7 @@ rule vqvae_train:
         metrics=out(targets.VQVAE_METRICS),
         grid=out(targets.VQVAE_GRID),
     params:
+        usage=benchmark_file("vqvae", "{variant}_seed{seed}"),
         out=lambda w, output: os.path.dirname(output.metrics),
         preset=config["vqvae"].get("preset", "demo"),
         hyper=json.dumps(config["vqvae"].get("params", {}), sort_keys=True),
@@ -11,8 +12,6 @@ rule vqvae_train:
         "../envs/daamflow.yaml"
     log:
         log_file("vqvae", "{variant}_seed{seed}"),
-    benchmark:
-        benchmark_file("vqvae", "{variant}_seed{seed}")
     wildcard_constraints:
         variant="plain|daam",
         seed=r"\d+",
@@ -21,7 +20,8 @@ rule vqvae_train:
         mem_mb=2000,
         runtime=60,
     shell:
-        "daamflow vqvae train --variant {wildcards.variant} --seed {wildcards.seed} --out {params.out:q}"
+        "daamflow --usage {params.usage:q} vqvae train"
+        " --variant {wildcards.variant} --seed {wildcards.seed} --out {params.out:q}"
         " --preset {params.preset:q} --params-json {params.hyper:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -35,13 +35,13 @@ rule vqvae_table:
         md=out(targets.VQVAE_MD),
         grid=figure(targets.VQVAE_FIGURE, "vqvae", "VQ-VAE", "reconstructions"),
     params:
+        usage=benchmark_file("vqvae", "table"),
         runs=lambda w, input: [os.path.dirname(p) for p in input.runs],
     conda:
         "../envs/daamflow.yaml"
     log:
         log_file("vqvae", "table"),
-    benchmark:
-        benchmark_file("vqvae", "table")
     shell:
-        "daamflow vqvae table --runs {params.runs:q} --out-csv {output.csv:q} --out-md {output.md:q}"
+        "daamflow --usage {params.usage:q} vqvae table"
+        " --runs {params.runs:q} --out-csv {output.csv:q} --out-md {output.md:q}"
         " --grid-out {output.grid:q} > {log:q} 2>&1"

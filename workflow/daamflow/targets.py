@@ -83,7 +83,8 @@ def log(config: dict, stage: str, name: str) -> str:
 
 
 def benchmark(config: dict, stage: str, name: str) -> str:
-    """The benchmark file (`snakemake` timing, read by benchmarks/bench_workflow.py) beside :func:`log`."""
+    """The job's usage file (``daamflow --usage``: wall, CPU, peak memory; read by benchmarks/bench_workflow.py)
+    beside :func:`log`."""
     return path(BENCHMARK, config, stage=stage, name=name)
 
 

@@ -10,6 +10,9 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
+
+from daamflow.usage import recorded
 
 # name -> ("module" or "module:object" exposing add_arguments(parser) and main(args), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,6 +43,9 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
         epilog="Run `daamflow <command> --help` for the options of one stage.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--usage", type=Path, metavar="FILE", default=None,
+                        help="when the command ends, write its wall time, CPU time and peak memory to FILE (TSV; "
+                             "the workflow's results/benchmarks/, read by benchmarks/bench_workflow.py)")
     sub = parser.add_subparsers(dest="command", metavar="command")
     wanted = next((a for a in argv if a in COMMANDS), None)
     for name, (module, help_text) in COMMANDS.items():
@@ -62,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from daamflow.config import ConfigError
 
-    try:
-        return int(_load(COMMANDS[args.command][0]).main(args) or 0)
-    except ConfigError as exc:  # the user's config or resources: the message says what to fix, a traceback would not
-        print(f"daamflow {args.command}: {exc}", file=sys.stderr)
-        return 2
+    with recorded(args.usage) as status:
+        try:
+            status[0] = int(_load(COMMANDS[args.command][0]).main(args) or 0)
+        except ConfigError as exc:  # the user's config or resources: the message says what to fix, a traceback not
+            print(f"daamflow {args.command}: {exc}", file=sys.stderr)
+            status[0] = 2
+    return status[0]
 
