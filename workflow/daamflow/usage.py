@@ -2,7 +2,7 @@
 
 The workflow's rules record every job this way instead of with Snakemake's ``benchmark:``, whose sampler reads each
 job's ``/proc/<pid>/smaps_rollup`` every half second from inside the Snakemake process: about half of Snakemake's
-own CPU time, taken from the two cores the jobs run on (docs/architecture.md#timings). ``getrusage`` costs nothing
+own CPU time, taken from the two cores the jobs run on (docs/architecture.md#9-timings). ``getrusage`` costs nothing
 and counts every CPU second of the process and its waited-for children, however short they lived.
 
 The file is a one-row TSV with the columns of Snakemake's benchmark files that ``benchmarks/bench_workflow.py`` reads
