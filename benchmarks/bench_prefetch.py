@@ -11,7 +11,8 @@ values, memory-mapped as the trainer reads it. Per head, on the same batches of 
               included), cold cache, reading ahead (prefetch on) and in the training thread (prefetch off)
 
 and the ratio c / max(a cold, b): 1.0 is perfect overlap. Wall and process CPU seconds are printed: on a shared
-machine the wall times depend on the other jobs. Prefetch on and off must end with identical weights (checked).
+machine the wall times depend on the other jobs, and "cores used" (CPU / wall of c) says how much of the machine the
+epoch got; overlap needs a second core free for the reading thread. Prefetch on and off must end with identical weights (checked).
 
 The 512-channel conv heads (daam_v1, gqdaam) cost ~11 GFLOP per sample per step at d = 5,120: on a CPU they run on a
 subset of the epoch's batches (--batches-subset; the same batches for a, b and c). Example (3.3 GB store in /tmp):
@@ -193,7 +194,7 @@ def bench_head(args, method: str) -> dict:
     return {"head": method, "rows": n, "batches": len(batches) + len(select), **t,
             "c_on/max(a_cold,b)": t["c_on_s"] / bound, "c_off/max(a_cold,b)": t["c_off_s"] / bound,
             "rows/s a_cold": n / t["a_cold_s"], "rows/s b": n / t["b_s"], "rows/s c_on": n / t["c_on_s"],
-            "rows/s c_off": n / t["c_off_s"],
+            "rows/s c_off": n / t["c_off_s"], "cores used c_on": t["c_on_cpu_s"] / t["c_on_s"],
             "on==off": all(torch.equal(weights["on"][k], weights["off"][k]) for k in weights["on"])}
 
 
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=8000, help="rows of the synthetic store (8,000 = 3.3 GB)")
     parser.add_argument("--store", type=Path, default=Path("/tmp/daamflow-bench/features.npy"),
                         help="the store's .npy file: built if absent, reused if it has --rows rows")
-    parser.add_argument("--heads", nargs="+", default=["linear", "daam_v1", "gqdaam"], choices=heads.METHODS)
+    parser.add_argument("--heads", nargs="+", default=["linear", "daam_v1", "gqdaam"], choices=heads.METHODS,
+                        metavar="HEAD", help="heads to time (models/heads.py names; default linear daam_v1 gqdaam)")
     parser.add_argument("--subset-heads", nargs="*", default=["daam_v1", "gqdaam"],
                         help="heads timed on --batches-subset batches of the epoch (compute-bound on a CPU)")
     parser.add_argument("--batches-subset", type=int, default=4, help="training batches of the subset heads")

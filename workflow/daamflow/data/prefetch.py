@@ -5,9 +5,9 @@ every head reads all of it. Read in the training thread, a batch's disk time and
 thread reads the next ``depth`` batches while the model runs on the current one. numpy's copy out of the memory map
 (page faults included) and its float16 -> float32 cast release the GIL, as torch's kernels do, so the two overlap.
 
-A memory map alone reads a cold row in small synchronous faults (~110 MB/s on the development machine's disk, see
-benchmarks/README.md); the reader therefore tells the kernel which rows the next batch needs
-(``posix_fadvise(WILLNEED)``: read-ahead in the background) before it copies the current one.
+A memory map alone reads a cold row in small synchronous page faults; the reader therefore tells the kernel which
+rows the next batch needs (``posix_fadvise(WILLNEED)``: read-ahead in the background) before it copies the current
+one. docs/architecture.md#2-feature-store has the measurements.
 
 The tensors are exactly those a read in the training thread gives (the cast is exact; a batch's rows are read in
 ascending order, the more sequential access, and land at their places in the batch), and no random generator is
@@ -32,10 +32,9 @@ def read_rows(features: np.ndarray, rows: np.ndarray, layers: list[int] | None, 
     """float32 ``features[rows]`` (only ``layers`` when given), in the order of ``rows``.
 
     The float16 rows are gathered in ascending row order (the more sequential read), put back in the batch's order
-    and cast by torch (vectorised: 5-6x faster than numpy's float16 cast on the development machine). A few calls per
-    batch, each releasing the GIL: a reader looping over rows in Python would hold it between rows and slow down the
-    training thread's many short torch calls. ``pin``: the tensor is allocated in page-locked memory (for an
-    asynchronous copy to a GPU).
+    and cast by torch (vectorised: 5-6x faster than numpy's float16 cast, docs/architecture.md#2-feature-store): a
+    few calls per batch, each releasing the GIL while it copies, and no Python loop over rows holding it. ``pin``:
+    the tensor is allocated in page-locked memory (for an asynchronous copy to a GPU).
     """
     rows = np.asarray(rows)
     ascending = np.argsort(rows, kind="stable")
