@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from daamflow.models import _kernels
 from daamflow.models.daam import DAAM, _FastDAAMFunction
 from daamflow.models.heads import build_model
+from daamflow.run.train import train_all
+from test_train import _settings, store  # noqa: F401  (the training tests' feature store fixture)
 
 pytestmark = pytest.mark.skipif(_kernels.compiler() is None, reason="no C++ compiler: the fast kernel cannot be built")
 
@@ -235,3 +239,17 @@ def test_streaming_stores_of_large_calls_write_the_same_values():
     parts = [y_dx(x[i : i + 20], gy[i : i + 20]) for i in range(0, 180, 20)]
     for k, name in enumerate(("y", "dx")):
         assert torch.equal(whole[k], torch.cat([p[k] for p in parts])), name
+
+
+def test_training_with_the_fast_kernel_follows_the_eager_run(store, tmp_path):  # noqa: F811
+    """The train stage with model_options.daam_kernel = fast: the same folds learn the same to rounding."""
+    runs = {}
+    for kernel in ("eager", "fast"):
+        settings = _settings(epochs=4)
+        settings["model_options"]["daam_kernel"] = kernel
+        runs[kernel] = train_all(store, settings, tmp_path / kernel)
+        assert runs[kernel]["settings_hash"].nunique() == 1
+    assert runs["eager"]["settings_hash"][0] != runs["fast"]["settings_hash"][0]  # the kernel is part of the identity
+    history = {k: pd.read_csv(tmp_path / k / "fold1" / "history.csv") for k in runs}
+    np.testing.assert_allclose(history["fast"]["train_loss"], history["eager"]["train_loss"], rtol=1e-4)
+    assert runs["fast"]["accuracy"].tolist() == runs["eager"]["accuracy"].tolist()
