@@ -61,6 +61,32 @@ def test_beit_deterministic_and_loadable(beit):
     assert load_processor(a, "image") is not None
 
 
+def test_beit_residual_stream_is_rescaled(beit, fashion):
+    # pooled block outputs on a scale a head's learning rate suits (MIM alone leaves them around 0.01)
+    model = AutoModel.from_pretrained(beit[0]).eval()
+    pixels = torch.tensor(np.load(fashion / "images.npy")[:64], dtype=torch.float32).div(255).sub(0.5).div(0.5)
+    with torch.no_grad():
+        hidden = model(pixels[:, None], output_hidden_states=True).hidden_states[1:]
+    spread = torch.stack(hidden).mean(2).std(1).mean().item()
+    assert 0.3 < spread < 3 and read_encoder_info(beit[0])["pretraining"]["residual_scale"] > 1
+
+
+def test_rescaling_changes_the_scale_only():
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.BeitModel(transformers.BeitConfig(
+        image_size=28, patch_size=4, num_channels=1, use_absolute_position_embeddings=True, **SMALL)).eval()
+    pixels = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        before = model(pixels, output_hidden_states=True).hidden_states
+    factor = images.rescale_residual_stream(model, pixels)
+    with torch.no_grad():
+        after = model(pixels, output_hidden_states=True).hidden_states
+    for a, b in zip(after, before):
+        torch.testing.assert_close(a, b * factor, rtol=1e-4, atol=1e-4)
+
+
 def test_beit_loss_falls_and_is_recorded(beit):
     record = read_encoder_info(beit[0])["pretraining"]
     curve = [loss for _, loss in record["loss_curve"]]

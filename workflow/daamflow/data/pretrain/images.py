@@ -100,5 +100,41 @@ def pretrain_mim(model_config, settings: dict, exclude: list[Path]):
     missing, unexpected = base.load_state_dict(mim.beit.state_dict(), strict=False)
     if unexpected or any(not k.startswith("pooler.") for k in missing):
         raise RuntimeError(f"pretrain (beit): weights do not fit BeitModel: missing {missing}, unexpected {unexpected}")
+    scale = rescale_residual_stream(base, x[:512])
     return base, {"objective": "mim (BEiT: masked patches -> k-means visual tokens)", "data": data,
-                  "visual_tokens_used": int(len(tokens.unique())), "loss_curve": curve}
+                  "visual_tokens_used": int(len(tokens.unique())), "loss_curve": curve, "residual_scale": scale}
+
+
+# the parameters that make up BEiT's residual stream: the embeddings and every block's layer scale
+_RESIDUAL = ("embeddings.cls_token", "embeddings.mask_token", "embeddings.position_embeddings",
+             "embeddings.patch_embeddings.projection.weight", "embeddings.patch_embeddings.projection.bias",
+             ".lambda_1", ".lambda_2")
+
+
+def rescale_residual_stream(model, pixels) -> float:
+    """Scale BEiT's residual stream so that its mean-pooled block outputs have a per-feature spread of about 1 over
+    ``pixels``; returns the factor.
+
+    In a pre-LN transformer every block reads its input through a layer norm, so multiplying the embeddings and the
+    blocks' layer scales (lambda_1, lambda_2) by c multiplies every hidden state by c and changes nothing else: the
+    same encoder, with features on a scale the heads' learning rates suit (MIM leaves them around 0.01, where a head
+    trained for a few epochs hardly moves). Checked on the batch.
+    """
+    import torch
+
+    names = [n for n, _ in model.named_parameters() if n.endswith(_RESIDUAL)]
+    if not model.config.layer_scale_init_value > 0 or sum(n.endswith((".lambda_1", ".lambda_2")) for n in names) \
+            != 2 * model.config.num_hidden_layers:
+        raise ValueError("pretrain (beit): rescaling needs layer scale (layer_scale_init_value > 0)")
+    model.eval()
+    with torch.no_grad():
+        before = torch.stack(model(pixels, output_hidden_states=True).hidden_states[1:])  # layers × n × tokens × d
+        factor = float(1.0 / before.mean(2).std(1).mean())
+        params = dict(model.named_parameters())
+        for name in names:
+            params[name].mul_(factor)
+        after = torch.stack(model(pixels, output_hidden_states=True).hidden_states[1:])
+    if not torch.allclose(after, before * factor, rtol=1e-3, atol=1e-4 * factor):
+        raise RuntimeError("pretrain (beit): rescaling the residual stream changed more than its scale")
+    log.info("pretrain (beit): residual stream scaled by %.2f (pooled features' spread -> 1)", factor)
+    return round(factor, 6)
