@@ -9,8 +9,7 @@ A memory map alone reads a cold row in small synchronous page faults; the reader
 rows the next batch needs (``posix_fadvise(WILLNEED)``: read-ahead in the background) before it copies the current
 one. docs/architecture.md#2-feature-store has the measurements.
 
-The tensors are exactly those a read in the training thread gives (the cast is exact; a batch's rows are read in
-ascending order, the more sequential access, and land at their places in the batch), and no random generator is
+The tensors are exactly those a read in the training thread gives (the cast is exact) and no random generator is
 touched, so training results are bit-identical with or without the thread.
 """
 from __future__ import annotations
@@ -31,17 +30,14 @@ _POLL_S = 0.05  # how often a reader blocked on a full queue looks whether it wa
 def read_rows(features: np.ndarray, rows: np.ndarray, layers: list[int] | None, pin: bool = False) -> torch.Tensor:
     """float32 ``features[rows]`` (only ``layers`` when given), in the order of ``rows``.
 
-    The float16 rows are gathered in ascending row order (the more sequential read), put back in the batch's order
-    and cast by torch (vectorised: 5-6x faster than numpy's float16 cast, docs/architecture.md#2-feature-store): a
-    few calls per batch, each releasing the GIL while it copies, and no Python loop over rows holding it. ``pin``:
-    the tensor is allocated in page-locked memory (for an asynchronous copy to a GPU).
+    One gather of the float16 rows, then torch's vectorised cast (5-6x faster than numpy's float16 cast,
+    docs/architecture.md#2-feature-store): a few calls per batch, each releasing the GIL while it copies. The disk
+    reads a batch's rows in ascending order, asked for by ``_ReadAhead``; gathering them in that order and putting
+    them back cost a third more CPU per batch than this. ``pin``: the tensor is allocated in page-locked memory (for
+    an asynchronous copy to a GPU).
     """
     rows = np.asarray(rows)
-    ascending = np.argsort(rows, kind="stable")
-    picked = rows[ascending]
-    gathered = features[picked] if layers is None else features[np.ix_(picked, layers)]
-    half = np.empty_like(gathered)
-    half[ascending] = gathered
+    half = features[rows] if layers is None else features[np.ix_(rows, layers)]
     out = torch.empty(half.shape, dtype=torch.float32, pin_memory=pin)
     return out.copy_(torch.from_numpy(half))
 
