@@ -67,6 +67,15 @@ def features(wildcards):
     return targets.feature_files(config, wildcards.dataset, config["datasets"][wildcards.dataset]["encoder"])
 
 
+def pretrain_data(wildcards):
+    """A pretrained tiny encoder's exclusions: the prepared datasets it embeds (their samples stay out of its
+    pretraining data); nothing for the other encoders."""
+    if "pretrain" not in config["encoders"][wildcards.encoder]:
+        return []
+    users = [d for d, spec in config["datasets"].items() if spec["encoder"] == wildcards.encoder]
+    return [out(targets.MANIFEST, dataset=d) for d in sorted(users)]
+
+
 def launcher_json():
     """The launcher settings, with submitit's log folder under the results by default."""
     launcher = dict(config["launcher"])

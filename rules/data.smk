@@ -22,15 +22,6 @@ rule prepare:
         " --options {params.options:q} > {log:q} 2>&1"
 
 
-def pretrain_data(wildcards):
-    """A pretrained tiny encoder's exclusions: the prepared datasets it embeds (their samples stay out of its
-    pretraining data); nothing for the other encoders."""
-    if "pretrain" not in config["encoders"][wildcards.encoder]:
-        return []
-    users = [d for d, spec in config["datasets"].items() if spec["encoder"] == wildcards.encoder]
-    return [out(targets.MANIFEST, dataset=d) for d in sorted(users)]
-
-
 rule encoder:
     """Make a from_pretrained-loadable encoder folder (an installed package's files, a tiny model, pretrained or not,
     or a hub download)."""
