@@ -110,3 +110,23 @@ def test_batches_come_in_the_rows_order_and_a_closed_reader_stops(store):
     assert not _readers()  # closed with two batches untaken
     assert torch.equal(read_rows(store.features, rows[2], None),
                        torch.from_numpy(store.features[rows[2]].astype(np.float32)))
+
+
+def test_the_benchmark_times_a_head_and_finds_prefetch_on_and_off_identical(tmp_path, capsys):
+    """benchmarks/bench_prefetch.py on a tiny paper-width store: its batches are fit's (it exits otherwise)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_prefetch", Path(__file__).resolve().parents[1] / "benchmarks/bench_prefetch.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    store = tmp_path / "features.npy"
+    args = ["--rows", "80", "--store", str(store), "--heads", "linear", "daam_v1", "--conv-channels", "2",
+            "--batches-subset", "1", "--batch-size", "16"]
+    assert bench.main(args) == 0
+    built = store.stat().st_mtime_ns
+    assert bench.main(args) == 0 and store.stat().st_mtime_ns == built  # the store is reused
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("head ")]
+    assert len(lines) == 4 and all("on==off True" in line for line in lines)
+    assert "rows 80 " in lines[0] and "rows 32 " in lines[1]  # linear: the whole store; daam_v1: 1 + 1 batches
