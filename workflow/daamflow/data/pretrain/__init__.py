@@ -35,12 +35,13 @@ COMMON_DEFAULTS: dict[str, Any] = {"lr": 1.0e-3, "weight_decay": 0.05, "warmup":
 # sized for the embedded default: about a minute each on one core of a laptop (they run side by side)
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "beit": {"objective": "mim", "steps": 600, "batch_size": 64, "source": "fashion_mnist",
-             "root": "/usr/share/datasets/fashion-mnist", "visual_tokens": 64, "mask_ratio": 0.4},
+             "root": None, "visual_tokens": 64, "mask_ratio": 0.4},
     "wavlm": {"objective": "hubert", "steps": 300, "batch_size": 8, "source": "espeak",
               "voices": ["en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc"], "clips": 240, "max_seconds": 3.0,
               "crop_seconds": 1.5, "clusters": 50, "mask_prob": 0.08, "mask_length": 5, "unmasked_weight": 0.5,
-              "wordnet_path": "/usr/share/wordnet/data.noun"},
+              "wordnet_path": None},
 }
+# root / wordnet_path None: the evaluation dataset's own (its meta.json options), else the Debian package's
 OBJECTIVES = {"beit": ("mim",), "wavlm": ("hubert",)}
 # model config settings the objective needs (set unless the spec's own config says otherwise)
 CONFIG_DEFAULTS = {

@@ -13,10 +13,10 @@ from daamflow.data.pretrain import kmeans, nearest, train_loop
 log = logging.getLogger(__name__)
 
 
-def excluded_indices(exclude: list[Path], source: str) -> tuple[set[int], list[dict]]:
+def excluded_indices(exclude: list[Path], source: str) -> tuple[set[int], list[dict], str | None]:
     """Training-split image indices of the prepared ``fashion_mnist`` folders in ``exclude`` (their ids are
-    ``fmnist-<split>-<index>``), and a record of each folder (source, counts, manifest sha256)."""
-    indices, record = set(), []
+    ``fmnist-<split>-<index>``), a record of each folder (source, counts, manifest sha256), and the first one's root."""
+    indices, record, root = set(), [], None
     for folder in exclude:
         df, meta = read_prepared(folder)
         if meta["source"] != source:
@@ -24,18 +24,20 @@ def excluded_indices(exclude: list[Path], source: str) -> tuple[set[int], list[d
                              f"exclude {source} samples")
         train = df["id"][df["id"].str.startswith("fmnist-train-")]
         indices |= {int(i.rsplit("-", 1)[1]) for i in train}
+        root = root or meta.get("options", {}).get("root")
         record.append({"data": str(folder), "source": meta["source"], "samples": len(df),
                        "excluded_train_images": len(train), "manifest_sha256": sha256_file(folder / "manifest.csv")})
-    return indices, record
+    return indices, record, root
 
 
 def pretraining_pool(settings: dict, exclude: list[Path]) -> tuple[np.ndarray, np.ndarray, dict]:
     """(images uint8 n×28×28, their training-split indices, a data record): ``steps × batch_size`` images drawn
     (seeded) from the official training split minus every excluded index; the test split is never used."""
-    from daamflow.data.datasets.fashion_mnist import load_split
+    from daamflow.data.datasets.fashion_mnist import DEFAULT_ROOT, load_split
 
-    images, _ = load_split("train", settings["root"])
-    excluded, record = excluded_indices(exclude, "fashion_mnist")
+    excluded, record, eval_root = excluded_indices(exclude, "fashion_mnist")
+    root = str(settings["root"] or eval_root or DEFAULT_ROOT)
+    images, _ = load_split("train", root)
     pool = np.setdiff1d(np.arange(len(images)), np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
     wanted = settings["steps"] * settings["batch_size"]
     rng = np.random.default_rng(settings["seed"])
@@ -44,7 +46,7 @@ def pretraining_pool(settings: dict, exclude: list[Path]) -> tuple[np.ndarray, n
     if overlap:  # cannot happen; the check makes the guarantee explicit
         raise AssertionError(f"pretraining images overlap the evaluation sample: {sorted(overlap)[:5]}")
     return images[picked], picked, {
-        "source": "fashion_mnist", "split": "train", "root": settings["root"], "images": int(len(picked)),
+        "source": "fashion_mnist", "split": "train", "root": root, "images": int(len(picked)),
         "pool": int(len(pool)), "indices_sha256": _digest(picked), "excluded": record,
     }
 

@@ -19,9 +19,10 @@ HOP = 320  # samples per frame of the tiny WavLM (20 ms at 16 kHz) and of the ta
 RANGES = {"rate": (90, 235), "pitch": (15, 85), "amplitude": (45, 200)}
 
 
-def excluded_texts_voices(exclude: list[Path]) -> tuple[set[str], set[str], list[dict]]:
-    """Sentences and voices of the prepared ``espeak_prosody`` folders in ``exclude``, and a record of each."""
-    texts, voices, record = set(), set(), []
+def excluded_texts_voices(exclude: list[Path]) -> tuple[set[str], set[str], list[dict], str | None]:
+    """Sentences and voices of the prepared ``espeak_prosody`` folders in ``exclude``, a record of each, and the
+    first one's WordNet file."""
+    texts, voices, record, wordnet_path = set(), set(), [], None
     for folder in exclude:
         df, meta = read_prepared(folder)
         if meta["source"] != "espeak_prosody":
@@ -29,9 +30,10 @@ def excluded_texts_voices(exclude: list[Path]) -> tuple[set[str], set[str], list
                              f"clips can only exclude espeak_prosody samples")
         texts |= set(df["text"])
         voices |= {v.split("+")[0] for v in df["voice"]}
+        wordnet_path = wordnet_path or meta.get("options", {}).get("wordnet_path")
         record.append({"data": str(folder), "source": meta["source"], "samples": len(df),
                        "voices": sorted(set(df["voice"])), "manifest_sha256": sha256_file(folder / "manifest.csv")})
-    return texts, voices, record
+    return texts, voices, record, wordnet_path
 
 
 def pretraining_clips(settings: dict, exclude: list[Path]) -> tuple[list[dict], dict]:
@@ -39,14 +41,15 @@ def pretraining_clips(settings: dict, exclude: list[Path]) -> tuple[list[dict], 
     evaluation sample and never draws one of its sentences."""
     from daamflow.data.datasets import espeak
 
-    texts, eval_voices, record = excluded_texts_voices(exclude)
+    texts, eval_voices, record, eval_wordnet = excluded_texts_voices(exclude)
+    wordnet_path = str(settings["wordnet_path"] or eval_wordnet or espeak.wordnet.DEFAULT_PATH)
     voices = list(settings["voices"])
     shared = sorted({v.split("+")[0] for v in voices} & eval_voices)
     if shared:
         raise ValueError(f"pretrain (wavlm): voices {shared} are evaluation voices of {[r['data'] for r in record]}; "
                          f"pick pretraining voices no evaluated dataset uses")
     # moderate-length WordNet glosses (another seed than the datasets' draw), minus every evaluation sentence
-    pool = [s for s in espeak.default_sentences(settings["wordnet_path"], 5000, settings["seed"] + 1)
+    pool = [s for s in espeak.default_sentences(wordnet_path, 5000, settings["seed"] + 1)
             if s not in texts]
     rng = np.random.default_rng(settings["seed"])
     n = settings["clips"]
@@ -56,7 +59,7 @@ def pretraining_clips(settings: dict, exclude: list[Path]) -> tuple[list[dict], 
     plan = [{"text": s, "voice": voices[i % len(voices)],
              **{k: int(rng.integers(lo, hi + 1)) for k, (lo, hi) in RANGES.items()}} for i, s in enumerate(sentences)]
     assert not texts.intersection(sentences)  # guaranteed above; explicit
-    return plan, {"source": "espeak", "clips": n, "voices": voices, "ranges": RANGES,
+    return plan, {"source": "espeak", "clips": n, "wordnet_path": wordnet_path, "voices": voices, "ranges": RANGES,
                   "max_seconds": settings["max_seconds"], "espeak_version": espeak.espeak_version(),
                   "sentences_sha256": _digest(sentences), "excluded": record}
 
