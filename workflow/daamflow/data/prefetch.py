@@ -2,8 +2,9 @@
 
 At the paper's scale a store is tens of GB, memory-mapped (docs/architecture.md#2-feature-store), and every epoch of
 every head reads all of it. Read in the training thread, a batch's disk time and the model's time add up; here a
-thread reads the next ``depth`` batches while the model runs on the current one. numpy's copy out of the memory map
-(page faults included) and its float16 -> float32 cast release the GIL, as torch's kernels do, so the two overlap.
+thread reads the next ``depth`` batches while the model runs on the current one. numpy's gather out of the memory
+map (page faults included) and torch's float16 -> float32 cast release the GIL, as the model's kernels do, so the
+two overlap when a second core is free.
 
 A memory map alone reads a cold row in small synchronous page faults; the reader therefore tells the kernel which
 rows the next batch needs (``posix_fadvise(WILLNEED)``: read-ahead in the background) before it copies the current
@@ -111,7 +112,7 @@ class Prefetch:
                     advice.rows(self.batches[k + 1])
                 if not self._put(read_rows(self.features, rows, self.layers, self.pin)):
                     return
-        except BaseException as err:  # noqa: BLE001 - any failure is the consumer's to raise
+        except BaseException as err:  # any failure, raised again by the consumer's take
             self._put(_Failed(err))
         finally:
             if advice is not None:
