@@ -109,7 +109,7 @@ rule ablation_table:
 
 
 rule probe:
-    """A linear probe on each single layer, every fold/seed: the per-layer accuracy curve."""
+    """A converged linear probe (logistic regression) on each single layer, every fold/seed: the per-layer curve."""
     input:
         unpack(features),
     output:
@@ -128,8 +128,8 @@ rule probe:
         **TRAIN_RESOURCES,
     shell:
         "daamflow --usage {params.usage:q} importance probe"
-        " --features {params.store:q} --settings {params.settings:q} --out {params.out:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --features {params.store:q} --settings {params.settings:q} --out {params.out:q} --threads {threads}"
+        " > {log:q} 2>&1"
 
 
 rule correlate:
@@ -143,7 +143,6 @@ rule correlate:
         figure=figure(targets.IF_PROBE_FIGURE, "if_probe", "{dataset}", "IF vs probe accuracy ({protocol})"),
     params:
         usage=benchmark_file("importance", "{dataset}_{protocol}_correlate"),
-        probes=lambda w, input: os.path.dirname(input.probe),
         weights=lambda w, input: ["--weights-runs", os.path.dirname(input.weights)] if input.weights else [],
         stem=stem,
         title=lambda w: f"{w.dataset} ({w.protocol})",
@@ -153,7 +152,7 @@ rule correlate:
         log_file("importance", "{dataset}_{protocol}_correlate"),
     shell:
         "daamflow --usage {params.usage:q} importance correlate"
-        " --per-layer {input.per_layer:q} --probes {params.probes:q} {params.weights:q}"
+        " --per-layer {input.per_layer:q} --probes {input.probe:q} {params.weights:q}"
         " --out-table {params.stem:q} --figure {output.figure:q} --title {params.title:q} > {log:q} 2>&1"
 
 

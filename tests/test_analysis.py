@@ -221,3 +221,24 @@ def test_single_layer_daam_is_the_identity_with_no_gradient_on_delta():
     assert torch.equal(out, x)
     out.sum().backward()
     assert torch.count_nonzero(daam.mean_offset.grad) == 0
+
+
+def test_probe_is_a_converged_linear_probe_per_layer_and_fold(tmp_path):
+    """The layer that carries the class linearly is probed near-perfectly, the noise layers near chance; one row per
+    (layer, fold), fitted on the fold's training part only (clean: the dev rows are left out too)."""
+    store = _store(tmp_path, n=120)
+    settings = _settings("clean", folds=3)
+    table = analysis.run_probes(store, settings, tmp_path / "probe")
+    pd.testing.assert_frame_equal(analysis.read_probes(tmp_path / "probe" / "probe.csv"),
+                                  table[["layer", "fold", "accuracy"]])
+    assert len(table) == 6 * 3 and set(table["layer"]) == set(range(1, 7))
+    per_layer = table.groupby("layer")["accuracy"].mean()
+    assert per_layer[2] > 0.8 and per_layer.drop(2).max() < 0.7  # Bayes rate of layer 2: 0.92
+    splits = splits_of(load_store(store), settings)
+    assert list(table[table["layer"] == 1]["n_test"]) == [len(s.test) for s in splits]
+    assert list(table[table["layer"] == 1]["n_train"]) == [len(s.train) for s in splits]  # dev rows not fitted
+
+
+def test_correlate_reads_the_probe_table(tmp_path):
+    with pytest.raises(FileNotFoundError, match="importance probe"):
+        analysis.read_probes(tmp_path / "missing" / "probe.csv")
