@@ -153,7 +153,8 @@ def compute(cfg: dict, features: np.ndarray, train: list[np.ndarray], select: li
 
 
 def bench_head(args, method: str) -> dict:
-    """Every figure of one head, each the median over ``args.repeats`` (the two (c) runs alternate their order)."""
+    """Every figure of one head, each the median over ``args.repeats`` (the measurements take turns at going
+    first)."""
     cfg = settings(method, args.batch_size, args.conv_channels)
     rng = np.random.default_rng(1)
     labels = rng.integers(0, CLASSES, size=args.rows)
@@ -170,24 +171,32 @@ def bench_head(args, method: str) -> dict:
 
     times: dict[str, list[float]] = {}
     weights = {}
-    for repeat in range(args.repeats):
-        for prefetch in ((DEPTH, 0) if repeat % 2 == 0 else (0, DEPTH)):
-            mode = "on" if prefetch else "off"
-            wall, cpu, asked, weights[mode] = epoch(args.store, cfg, split, labels, prefetch)
-            times.setdefault(f"c_{mode}_s", []).append(wall)
-            times.setdefault(f"c_{mode}_cpu_s", []).append(cpu)
-        if len(batches) != len(asked) or not all(np.array_equal(a, b) for a, b in zip(batches, asked)):
-            raise SystemExit("bench_prefetch: the batches timed in (a) and (b) are not those fit read in (c); "
-                             "fit's epoch order changed (run/fit.py): update the order here")
+
+    def record(name: str, wall: float, cpu: float) -> None:
+        times.setdefault(f"{name}_s", []).append(wall)
+        times.setdefault(f"{name}_cpu_s", []).append(cpu)
+
+    def read() -> None:  # (a) cold, then warm, then (b) on the batches the warm read left in the page cache
         features = dropped(args.store)
         for name in ("a_cold", "a_warm"):
             wall, cpu, _ = clock(read_all, features, batches + select)
-            times.setdefault(f"{name}_s", []).append(wall)
-            times.setdefault(f"{name}_cpu_s", []).append(cpu)
-        wall, cpu = compute(cfg, features, batches, select, labels, args.pool)
-        times.setdefault("b_s", []).append(wall)
-        times.setdefault("b_cpu_s", []).append(cpu)
-        del features
+            record(name, wall, cpu)
+        record("b", *compute(cfg, features, batches, select, labels, args.pool))
+
+    def run(prefetch: int) -> None:
+        mode = "on" if prefetch else "off"
+        wall, cpu, asked, weights[mode] = epoch(args.store, cfg, split, labels, prefetch)
+        record(f"c_{mode}", wall, cpu)
+        if len(batches) != len(asked) or not all(np.array_equal(a, b) for a, b in zip(batches, asked)):
+            raise SystemExit("bench_prefetch: the batches timed in (a) and (b) are not those fit read in (c); "
+                             "fit's epoch order changed (run/fit.py): update the order here")
+
+    # the three cold reads take turns at going first: the first read of the file after a while is the slowest (a
+    # virtual disk's host cache keeps what was read recently, whatever the guest's page cache holds)
+    steps = [read, lambda: run(DEPTH), lambda: run(0)]
+    for repeat in range(args.repeats):
+        for step in steps[repeat % 3:] + steps[:repeat % 3]:
+            step()
     t = {k: float(np.median(v)) for k, v in times.items()}
     n = n_train + n_select
     bound = max(t["a_cold_s"], t["b_s"])
