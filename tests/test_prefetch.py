@@ -9,7 +9,8 @@ import torch
 
 from daamflow.data.features import load_store, write_store
 from daamflow.data.folds import make_splits
-from daamflow.data.prefetch import Prefetch, read_rows
+from daamflow.data import prefetch
+from daamflow.data.prefetch import Prefetch, read_rows, resident
 from daamflow.run.fit import Diverged
 from daamflow.run.train import run_split
 
@@ -83,6 +84,24 @@ def test_prefetch_on_and_off_give_the_same_fold_bit_for_bit(store, tmp_path):
                           np.load(tmp_path / "off/density_all_epochs.npy"))
     assert (tmp_path / "on/predictions.csv").read_bytes() == (tmp_path / "off/predictions.csv").read_bytes()
     assert (tmp_path / "on/history.csv").read_bytes() == (tmp_path / "off/history.csv").read_bytes()
+
+
+def test_a_small_store_trains_from_memory_with_the_same_results(store, tmp_path, monkeypatch):
+    """``resident``: a store within RESIDENT_BYTES is one float32 array in memory and no reader thread; a larger one
+    stays memory-mapped with DEPTH batches read ahead. The fold's results are identical either way."""
+    features, depth = resident(store.features)
+    assert not isinstance(features, np.memmap) and features.dtype == np.float32 and depth == 0
+    assert np.array_equal(features, np.asarray(store.features, dtype=np.float32))
+    monkeypatch.setattr(prefetch, "RESIDENT_BYTES", store.features.size * 4 - 1)
+    mapped, depth = resident(store.features)
+    assert mapped is store.features and depth == prefetch.DEPTH
+    settings = _settings()
+    memory, disk = _run(store, settings, tmp_path / "mem", features=features, prefetch=0), _run(
+        store, settings, tmp_path / "map", features=mapped, prefetch=depth)
+    for key in ["accuracy", "confusion", "best_epoch", "select_accuracy"]:
+        assert memory[key] == disk[key], key
+    a, b = torch.load(tmp_path / "mem/model.pt"), torch.load(tmp_path / "map/model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_reading_error_in_the_thread_is_raised_in_the_fold_with_its_message(store, tmp_path):

@@ -27,7 +27,7 @@ from daamflow.catalog import SELECTIONS
 from daamflow.config import read_settings
 from daamflow.data.features import FEATURES, INDEX, load_store
 from daamflow.data.folds import Split, make_splits
-from daamflow.data.prefetch import DEPTH, Prefetch
+from daamflow.data.prefetch import DEPTH, Prefetch, resident
 from daamflow.device import resolve_device
 from daamflow.models import heads
 from daamflow.run.dispatch import (
@@ -234,9 +234,13 @@ def run_fold(store_dir: Path, settings: dict, out_dir: Path, fold: str, identity
     fold_dir = Path(out_dir) / fold
     ids = store.index["id"].astype(str).to_numpy()
     num_classes = int(store.labels.max()) + 1
-    return unless_finished(fold_dir, identity, "settings and features", lambda: run_split(
-        store.features, store.labels, ids, num_classes, split, settings, fold_dir, device, progress=False,
-        inputs=inputs))
+
+    def train() -> dict:
+        features, depth = resident(store.features)
+        return run_split(features, store.labels, ids, num_classes, split, settings, fold_dir, device, progress=False,
+                         inputs=inputs, prefetch=depth)
+
+    return unless_finished(fold_dir, identity, "settings and features", train)
 
 
 def train_all(store_dir: Path, settings: dict, out_dir: Path, device: str = "auto", **options) -> pd.DataFrame:
