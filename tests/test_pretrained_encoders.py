@@ -15,7 +15,8 @@ from daamflow.data.pretrain import images, resolve, speech
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 BEIT = {"kind": "tiny", "arch": "beit", "seed": 3, "config": SMALL,
-        "pretrain": {"steps": 30, "batch_size": 16, "lr": 3e-3, "visual_tokens": 16, "log_every": 10}}
+        "pretrain": {"steps": 30, "batch_size": 16, "lr": 3e-3, "visual_tokens": 16, "log_every": 10,
+                     "pooled_reconstruction": 3.0}}
 WAVLM = {"kind": "tiny", "arch": "wavlm", "seed": 3, "config": {**SMALL, "conv_dim": [16, 16, 16, 16]},
          "pretrain": {"steps": 12, "batch_size": 2, "clips": 6, "max_seconds": 1.0, "crop_seconds": 0.5,
                       "clusters": 8, "log_every": 4, "lr": 3e-3}}
@@ -53,6 +54,7 @@ def test_beit_deterministic_and_loadable(beit):
     info_a, info_b = read_encoder_info(a), read_encoder_info(b)
     assert info_a["weights"] == info_b["weights"]  # same seed, same bytes
     assert info_a["pretraining"]["loss_curve"] == info_b["pretraining"]["loss_curve"]
+    assert info_a["pretraining"]["pooled_reconstruction_curve"] == info_b["pretraining"]["pooled_reconstruction_curve"]
     model = AutoModel.from_pretrained(a)
     assert type(model).__name__ == info_a["class"] == "BeitModel" and info_a["name"] == "tiny-beit-mim-seed3"
     assert model.config.use_absolute_position_embeddings  # MIM needs positions; the plain tiny BEiT has none
@@ -94,6 +96,18 @@ def test_beit_loss_falls_and_is_recorded(beit):
     assert curve[-1] < curve[0] - 0.3, curve
     assert record["settings"]["seed"] == 3 and record["settings"]["steps"] == 30 and record["wall_time_s"] > 0
     assert record["data"]["images"] == 30 * 16 and record["data"]["split"] == "train"
+
+
+def test_pooled_reconstruction_is_used_and_falls(beit, tmp_path, fashion):
+    # the term's own curve falls, and it changes the weights: without it (weight 0) the same seed gives other bytes
+    record = read_encoder_info(beit[0])["pretraining"]
+    term = [value for _, value in record["pooled_reconstruction_curve"]]
+    assert [s for s, _ in record["pooled_reconstruction_curve"]] == [10, 20, 30] and term[-1] < 0.8 * term[0], term
+    plain = materialise({**BEIT, "pretrain": {**BEIT["pretrain"], "pooled_reconstruction": 0}}, tmp_path / "plain",
+                        exclude=[fashion])
+    info = read_encoder_info(plain)
+    assert "pooled_reconstruction_curve" not in info["pretraining"]
+    assert info["weights"] != read_encoder_info(beit[0])["weights"]
 
 
 def test_beit_pretraining_images_are_disjoint_from_the_sample(fashion):
@@ -143,6 +157,8 @@ def test_exclusions_must_match_the_source(tmp_path, fashion, prosody):
     ({**BEIT, "pretrain": {"step": 3}}, r"unknown keys \['step'\]"),
     ({**BEIT, "pretrain": {"objective": "hubert"}}, "objective must be one of"),
     ({**BEIT, "pretrain": {"steps": 0}}, "steps must be an integer >= 1"),
+    ({**BEIT, "pretrain": {"pooled_layers": "first"}}, "pooled_layers must be"),
+    ({**BEIT, "pretrain": {"pooled_reconstruction": -1}}, "pooled_reconstruction >= 0"),
     ({"kind": "tiny", "arch": "llama", "pretrain": {}}, "only tiny"),
     ({"kind": "package", "package": "x", "pretrain": {}}, "unknown keys"),
 ])

@@ -6,7 +6,8 @@ with ``save_pretrained`` like any encoder (the embed step loads it with ``from_p
 
 - ``beit``: BEiT's masked image modelling (``BeitForMaskedImageModeling``): a share of the patches is replaced by
   the mask token and the model predicts their "visual tokens"; the tokenizer is k-means over the pretraining
-  images' patches instead of BEiT's DALL-E dVAE (``images.py``);
+  images' patches instead of BEiT's DALL-E dVAE (``images.py``); with ``pooled_reconstruction`` > 0 a linear decoder
+  also rebuilds the image from a block's mean-pooled output, so the pooled features the demo embeds carry it;
 - ``wavlm``: HuBERT-style masked prediction (WavLM's own objective): frames chosen by ``mask_time_indices`` are
   replaced by the learned mask embedding and the model predicts the k-means cluster of each frame's log-mel
   spectrum and energy (``speech.py``).
@@ -35,7 +36,8 @@ COMMON_DEFAULTS: dict[str, Any] = {"lr": 1.0e-3, "weight_decay": 0.05, "warmup":
 # sized for the embedded default: about a minute each on one core of a laptop (they run side by side)
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "beit": {"objective": "mim", "steps": 600, "batch_size": 64, "source": "fashion_mnist",
-             "root": None, "visual_tokens": 64, "mask_ratio": 0.4},
+             "root": None, "visual_tokens": 64, "mask_ratio": 0.4, "pooled_reconstruction": 0.0,
+             "pooled_layers": "last"},
     "wavlm": {"objective": "hubert", "steps": 300, "batch_size": 8, "source": "espeak",
               "voices": ["en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc"], "clips": 240, "max_seconds": 3.0,
               "crop_seconds": 1.5, "clusters": 50, "mask_prob": 0.08, "mask_length": 5, "unmasked_weight": 0.5,
@@ -72,6 +74,10 @@ def resolve(arch: str, block: dict | None, seed: int) -> dict:
     if not 0 < float(settings["lr"]) < 1 or not 0 <= float(settings["warmup"]) < 1:
         raise ValueError(f"pretrain ({arch}): lr must lie in (0, 1) and warmup in [0, 1), "
                          f"got {settings['lr']} and {settings['warmup']}")
+    if arch == "beit" and (settings["pooled_layers"] not in ("last", "all")
+                           or not float(settings["pooled_reconstruction"]) >= 0):
+        raise ValueError(f"pretrain (beit): pooled_layers must be 'last' or 'all' and pooled_reconstruction >= 0, "
+                         f"got {settings['pooled_layers']!r} and {settings['pooled_reconstruction']!r}")
     return settings
 
 

@@ -30,6 +30,15 @@ def excluded_indices(exclude: list[Path], source: str) -> tuple[set[int], list[d
     return indices, record, root
 
 
+def pooled_decoder(width: int, pixels: int):
+    """Pooled block output -> the whole image: each feature standardised over the batch (as a probe's scaler does;
+    MIM keeps the residual stream around 0.01), then one linear map, so the pooled features become *linearly*
+    informative, as a probe reads them (docs/architecture.md §10)."""
+    import torch
+
+    return torch.nn.Sequential(torch.nn.BatchNorm1d(width, affine=False), torch.nn.Linear(width, pixels))
+
+
 def pretraining_pool(settings: dict, exclude: list[Path]) -> tuple[np.ndarray, np.ndarray, dict]:
     """(images uint8 n×28×28, their training-split indices, a data record): ``steps × batch_size`` images drawn
     (seeded) from the official training split minus every excluded index; the test split is never used."""
@@ -93,18 +102,43 @@ def pretrain_mim(model_config, settings: dict, exclude: list[Path]):
         mask = torch.zeros(bs, n_patches, dtype=torch.bool).scatter_(1, order, True)
         return x[rows], mask, tokens[rows][mask]
 
+    weight = float(settings["pooled_reconstruction"])
+    layers = range(cfg.num_hidden_layers) if settings["pooled_layers"] == "all" else [cfg.num_hidden_layers - 1]
+    decoders = torch.nn.ModuleList(pooled_decoder(cfg.hidden_size, size * size) for _ in layers)
+    recon = []  # the pooled reconstruction term of every step
+
     def loss(b):
         pixels, mask, labels = b
-        return mim(pixels, bool_masked_pos=mask, labels=labels).loss
+        if weight == 0:
+            return mim(pixels, bool_masked_pos=mask, labels=labels).loss
+        # from the MIM pass itself (masked input): decoding an extra unmasked quarter batch instead cost 25 % more
+        # CPU for the same probe accuracy (docs/architecture.md §10)
+        out = mim(pixels, bool_masked_pos=mask, labels=labels, output_hidden_states=True)
+        # the embed step's image pooling: the mean over all tokens (CLS + patches) of a block's output; the target
+        # is the whole image at the processor's scale
+        target = pixels.flatten(1)
+        term = torch.stack([torch.nn.functional.mse_loss(dec(out.hidden_states[1 + i].mean(1)), target)
+                            for i, dec in zip(layers, decoders)]).mean()
+        recon.append(term.item())
+        return out.loss + weight * term
 
-    curve = train_loop(list(mim.parameters()), settings, batch, loss, "pretrain beit (MIM)")
+    curve = train_loop(list(mim.parameters()) + list(decoders.parameters()), settings, batch, loss,
+                       "pretrain beit (MIM)")
     base = transformers.BeitModel(cfg)
     missing, unexpected = base.load_state_dict(mim.beit.state_dict(), strict=False)
     if unexpected or any(not k.startswith("pooler.") for k in missing):
         raise RuntimeError(f"pretrain (beit): weights do not fit BeitModel: missing {missing}, unexpected {unexpected}")
     scale = rescale_residual_stream(base, x[:512])
-    return base, {"objective": "mim (BEiT: masked patches -> k-means visual tokens)", "data": data,
-                  "visual_tokens_used": int(len(tokens.unique())), "loss_curve": curve, "residual_scale": scale}
+    objective = "mim (BEiT: masked patches -> k-means visual tokens)"
+    if weight > 0:
+        objective += f" + {weight:g} x pooled reconstruction ({settings['pooled_layers']} block(s))"
+    record = {"objective": objective, "data": data,
+              "visual_tokens_used": int(len(tokens.unique())), "loss_curve": curve, "residual_scale": scale}
+    if weight > 0:  # the term's own curve, on the steps of the total loss's
+        ends = [end for end, _ in curve]
+        record["pooled_reconstruction_curve"] = [[end, round(float(np.mean(recon[start:end])), 4)]
+                                                 for start, end in zip([0] + ends[:-1], ends)]
+    return base, record
 
 
 # the parameters that make up BEiT's residual stream: the embeddings and every block's layer scale
