@@ -225,7 +225,7 @@ def test_single_layer_daam_is_the_identity_with_no_gradient_on_delta():
 
 def test_probe_is_a_converged_linear_probe_per_layer_and_fold(tmp_path):
     """The layer that carries the class linearly is probed near-perfectly, the noise layers near chance; one row per
-    (layer, fold), fitted on the fold's training part only (clean: the dev rows are left out too)."""
+    (layer, fold), fitted on every row but the fold's test part."""
     store = _store(tmp_path, n=120)
     settings = _settings("clean", folds=3)
     table = analysis.run_probes(store, settings, tmp_path / "probe")
@@ -236,7 +236,10 @@ def test_probe_is_a_converged_linear_probe_per_layer_and_fold(tmp_path):
     assert per_layer[2] > 0.8 and per_layer.drop(2).max() < 0.7  # Bayes rate of layer 2: 0.92
     splits = splits_of(load_store(store), settings)
     assert list(table[table["layer"] == 1]["n_test"]) == [len(s.test) for s in splits]
-    assert list(table[table["layer"] == 1]["n_train"]) == [len(s.train) for s in splits]  # dev rows not fitted
+    # nothing is selected: clean fits on train + dev, paper (whose selection part is the test part) on train only
+    assert list(table[table["layer"] == 1]["n_train"]) == [len(s.train) + len(s.select) for s in splits]
+    paper = analysis.run_probes(store, _settings("paper", folds=3), tmp_path / "paper")
+    assert list(paper[paper["layer"] == 1]["n_train"]) == [len(load_store(store).labels) - len(s.test) for s in splits]
 
 
 def test_correlate_reads_the_probe_table(tmp_path):

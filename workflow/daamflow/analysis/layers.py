@@ -30,6 +30,7 @@ import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from daamflow import catalog  # noqa: E402
+from daamflow.catalog import SELECTION_PART  # noqa: E402
 from daamflow.atomic import atomic_write, write_csv, write_json  # noqa: E402
 from daamflow.config import read_settings  # noqa: E402
 from daamflow.analysis.importance import (  # noqa: E402
@@ -158,10 +159,11 @@ def run_probes(store_dir: Path, settings: dict, out_dir: Path, threads: int = 1)
     writes ``probe.csv`` (layer 1-based, fold, accuracy, n_train, n_test).
 
     The probe is multinomial logistic regression (L-BFGS to convergence, L2 with C = ``PROBE_C``) on features
-    standardised with the training part's mean and spread, fitted on the fold's training part and scored on its
-    test part: the usual meaning of "linear probe", a measure of what a layer holds linearly. (A ``linear`` head
-    trained for the heads' few epochs at their learning rate measured mostly how fast it moves: on unscaled
-    features it stopped far below a converged fit.) Nothing is selected on the test part, under either protocol.
+    standardised with the fitted rows' mean and spread, scored on the fold's test part: the usual meaning of "linear
+    probe", a measure of what a layer holds linearly. (A ``linear`` head trained for the heads' few epochs at their
+    learning rate measured mostly how fast it moves: on unscaled features it stopped far below a converged fit.)
+    It selects nothing, so under ``clean`` it fits on everything but the test part (the training and the dev part,
+    which exists to select epochs); under ``paper``, whose selection part is the test part, on the training part.
     """
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
@@ -170,20 +172,22 @@ def run_probes(store_dir: Path, settings: dict, out_dir: Path, threads: int = 1)
     from daamflow.run.train import splits_of
 
     store = load_store(store_dir)
-    splits = splits_of(store, settings)
+    dev_is_test = SELECTION_PART[settings["protocol"]] == "test"
+    fitted = {s.name: s.train if dev_is_test else np.union1d(s.train, s.select) for s in splits_of(store, settings)}
+    tests = {s.name: s.test for s in splits_of(store, settings)}
     rows = []
     for layer in range(store.num_layers):
         x = np.asarray(store.features[:, layer], dtype=np.float64)
-        for split in splits:
-            train, test = x[split.train], x[split.test]
+        for name, fit_rows in fitted.items():
+            train, test = x[fit_rows], x[tests[name]]
             mean, scale = train.mean(axis=0), train.std(axis=0)
             scale[scale == 0] = 1.0
             probe = LogisticRegression(C=PROBE_C, max_iter=5000)
             with threadpool_limits(threads):  # the job's share of the cores (BLAS would take them all)
-                probe.fit((train - mean) / scale, store.labels[split.train])
-            accuracy = float((probe.predict((test - mean) / scale) == store.labels[split.test]).mean())
-            rows.append({"layer": layer + 1, "fold": split.name, "accuracy": accuracy,
-                         "n_train": len(split.train), "n_test": len(split.test)})
+                probe.fit((train - mean) / scale, store.labels[fit_rows])
+            accuracy = float((probe.predict((test - mean) / scale) == store.labels[tests[name]]).mean())
+            rows.append({"layer": layer + 1, "fold": name, "accuracy": accuracy,
+                         "n_train": len(fit_rows), "n_test": len(tests[name])})
     table = pd.DataFrame(rows)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_csv(Path(out_dir) / "probe.csv", table)
