@@ -49,6 +49,17 @@ def save_torch(path: Path | str, obj: Any) -> None:
     atomic_write(path, write)
 
 
+def save_npy(path: Path | str, array: Any) -> None:
+    """``np.save`` atomically, through a file object (given a bare temp path, np.save would append ".npy")."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as fh:
+            np.save(fh, array)
+
+    atomic_write(path, write)
+
+
 def write_json(path: Path | str, data: Any) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"))
 

@@ -31,7 +31,7 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from daamflow import catalog  # noqa: E402
 from daamflow.catalog import SELECTION_PART  # noqa: E402
-from daamflow.atomic import atomic_write, write_csv, write_json  # noqa: E402
+from daamflow.atomic import atomic_write, save_npy, write_csv, write_json  # noqa: E402
 from daamflow.config import read_settings  # noqa: E402
 from daamflow.analysis.importance import (  # noqa: E402
     SOURCES, choose_layers, importance_factor, layer_share, per_layer_importance, read_fold_layers,
@@ -124,7 +124,7 @@ def write_map_outputs(run_dir: Path, out_dir: Path, k: int, seed: int, heatmap: 
     summary = if_summary(run_dir, source)
     out_dir.mkdir(parents=True, exist_ok=True)
     mean_map = summary["if_maps"].mean(axis=0)
-    atomic_write(out_dir / "if_map.npy", lambda p: np.save(p.open("wb"), mean_map.astype(np.float32)))
+    save_npy(out_dir / "if_map.npy", mean_map.astype(np.float32))
     per_layer, share = summary["per_layer"], summary["share"]
     table = pd.DataFrame({
         "layer": np.arange(1, per_layer.shape[1] + 1),

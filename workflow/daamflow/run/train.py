@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from daamflow.analysis.importance import read_fold_layers
-from daamflow.atomic import atomic_write, write_json
+from daamflow.atomic import save_npy, write_json
 from daamflow.catalog import SELECTIONS
 from daamflow.config import read_settings
 from daamflow.data.features import FEATURES, INDEX, load_store
@@ -180,10 +180,10 @@ def run_split(
         "model": getattr(model, "resolved", {}),  # the options the registry actually used (e.g. DAAM heads for N)
     })
     if density is not None:
-        atomic_write(out_dir / "density.npy", lambda p: _save_npy(p, density))
+        save_npy(out_dir / "density.npy", density.astype(np.float32))
     if fitted.accumulated is not None:
         all_epochs = (fitted.accumulated["sum"] / fitted.accumulated["epochs"]).numpy()
-        atomic_write(out_dir / "density_all_epochs.npy", lambda p: _save_npy(p, all_epochs))
+        save_npy(out_dir / "density_all_epochs.npy", all_epochs.astype(np.float32))
     gaussians = heads.gaussian_parameters(model)
     if gaussians is not None:
         write_json(out_dir / "gaussians.json", gaussians)
@@ -206,11 +206,6 @@ def fold_layers(settings: dict, fold: str) -> list[int] | None:
         raise ValueError(f"settings.layers has no layers for {fold} (it has {sorted(layers)}): the layer choice was "
                          "made on other folds; rerun `daamflow importance map` on the current runs")
     return layers[fold]
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with path.open("wb") as fh:  # a file object: np.save would append ".npy" to a bare temp name
-        np.save(fh, array.astype(np.float32))
 
 
 def splits_of(store, settings: dict) -> list[Split]:
