@@ -38,10 +38,11 @@ def write(path: Path, record: dict) -> None:
 
 
 @contextlib.contextmanager
-def recorded(path: Path | None) -> Iterator[list[int]]:
-    """Run the body, then write its usage to ``path`` (nothing when None), also when it fails. The body puts its
-    exit status in the yielded list; an exception counts as status 1."""
-    start, status = time.perf_counter(), [1]
+def recorded(path: Path | None, start: float | None = None) -> Iterator[list[int]]:
+    """Run the body, then write its usage to ``path`` (nothing when None), also when it fails; the wall time counts
+    from ``start`` (``time.perf_counter``; default: now). The body puts its exit status in the yielded list; an
+    exception counts as status 1."""
+    start, status = time.perf_counter() if start is None else start, [1]
     try:
         yield status
     finally:

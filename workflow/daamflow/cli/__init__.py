@@ -12,9 +12,12 @@ import importlib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from daamflow.usage import recorded
+
+STARTED = time.perf_counter()  # a job's wall time includes the imports its command needs
 
 # name -> ("module" or "module:object" exposing add_arguments(parser) and main(args), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from daamflow.config import ConfigError
 
-    with recorded(args.usage) as status:
+    with recorded(args.usage, STARTED) as status:
         try:
             status[0] = int(_load(COMMANDS[args.command][0]).main(args) or 0)
         except ConfigError as exc:  # the user's config or resources: the message says what to fix, a traceback not
