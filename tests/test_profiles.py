@@ -26,8 +26,10 @@ def configfile(tmp_path):
 
 def launcher_of_train_jobs(output: str) -> list[dict]:
     """The --launcher JSON of every train job in the output of `snakemake -n -p`."""
-    words = [shlex.split(line) for line in output.splitlines() if line.startswith("Shell command: daamflow train ")]
-    return [json.loads(w[w.index("--launcher") + 1]) for w in words]
+    prefix = "Shell command: "
+    words = [shlex.split(line[len(prefix):]) for line in output.splitlines() if line.startswith(prefix + "daamflow ")]
+    # `daamflow --usage FILE train ...`: the stage follows the job's usage file
+    return [json.loads(w[w.index("--launcher") + 1]) for w in words if w[1:2] == ["--usage"] and w[3] == "train"]
 
 
 def test_profile_by_name_from_the_checkout_root(tmp_path):

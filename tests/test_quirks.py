@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,6 @@ def test_default_run_builds_the_quirk_table(tmp_path):
                           "--", f"{tmp_path}/r/tables/quirks.md"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "daamflow report quirks" in out.stdout and "--other-source all_epochs" in out.stdout
+    assert re.search(r"daamflow --usage \S+ report quirks", out.stdout) and "--other-source all_epochs" in out.stdout
     for method in ("mha@released", "lora_r4@released", "mha", "daam_v1@high", "daam_v1@high_if_all_epochs"):
         assert f"/paper/{method}/runs.csv" in out.stdout and f"/clean/{method}/runs.csv" in out.stdout
