@@ -85,14 +85,11 @@ def test_stratified_group_kfold_balances_classes_and_keeps_groups_whole():
 
 def _greedy_rule(labels, groups, n_splits, seed):
     """The assignment rule stated in ``stratified_group_kfold``'s docstring, one candidate fold at a time."""
-    classes, y = np.unique(labels, return_inverse=True)
-    names, g = np.unique(groups, return_inverse=True)
-    counts = np.zeros((len(names), len(classes)))
-    np.add.at(counts, (g, y), 1)
-    order = np.random.default_rng(seed).permutation(len(names))
-    order = order[np.argsort(-counts[order].std(axis=1), kind="stable")]
-    totals, folds = counts.sum(axis=0), np.zeros((n_splits, len(classes)))
-    assignment = np.empty(len(names), dtype=int)
+    from daamflow.data.folds import group_order
+
+    counts, g, order = group_order(labels, groups, seed)
+    totals, folds = counts.sum(axis=0), np.zeros((n_splits, counts.shape[1]))
+    assignment = np.empty(len(counts), dtype=int)
     for group in order:
         keys = []
         for k in range(n_splits):

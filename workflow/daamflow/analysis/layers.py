@@ -173,8 +173,9 @@ def run_probes(store_dir: Path, settings: dict, out_dir: Path, threads: int = 1)
 
     store = load_store(store_dir)
     dev_is_test = SELECTION_PART[settings["protocol"]] == "test"
-    fitted = {s.name: s.train if dev_is_test else np.union1d(s.train, s.select) for s in splits_of(store, settings)}
-    tests = {s.name: s.test for s in splits_of(store, settings)}
+    splits = splits_of(store, settings)
+    fitted = {s.name: s.train if dev_is_test else np.union1d(s.train, s.select) for s in splits}
+    tests = {s.name: s.test for s in splits}
     rows = []
     for layer in range(store.num_layers):
         x = np.asarray(store.features[:, layer], dtype=np.float64)

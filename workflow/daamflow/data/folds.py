@@ -34,6 +34,17 @@ class Split:
         }
 
 
+def group_order(labels: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group class counts (groups × classes), each sample's group index, and the order the greedy assignment
+    takes the groups in: seeded random, then by decreasing spread of their class counts."""
+    classes, y = np.unique(labels, return_inverse=True)
+    names, g = np.unique(groups, return_inverse=True)
+    counts = np.zeros((len(names), len(classes)))
+    np.add.at(counts, (g, y), 1)
+    order = np.random.default_rng(seed).permutation(len(names))
+    return counts, g, order[np.argsort(-counts[order].std(axis=1), kind="stable")]
+
+
 def stratified_group_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
     """Test indices of ``n_splits`` folds: no group in two folds, class proportions as even as the groups allow.
 
@@ -41,18 +52,13 @@ def stratified_group_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int
     groups in a seeded random order, then by decreasing spread of their class counts, each go to the fold whose
     per-class proportions stay most even (ties: the smaller fold).
     """
-    classes, y = np.unique(labels, return_inverse=True)
-    names, g = np.unique(groups, return_inverse=True)
-    counts = np.zeros((len(names), len(classes)))
-    np.add.at(counts, (g, y), 1)
-    order = np.random.default_rng(seed).permutation(len(names))
-    order = order[np.argsort(-counts[order].std(axis=1), kind="stable")]
+    counts, g, order = group_order(labels, groups, seed)
     totals = counts.sum(axis=0)
-    folds = np.zeros((n_splits, len(classes)))
+    folds = np.zeros((n_splits, counts.shape[1]))
     # every candidate fold at once: candidate k is ``folds`` with the group added to row k (a job's folds are
     # computed from thousands of singleton groups, so a Python loop over k cost a second per training job)
     adds = np.eye(n_splits)[:, :, None]
-    assignment = np.empty(len(names), dtype=int)
+    assignment = np.empty(len(counts), dtype=int)
     for group in order:
         candidates = folds + adds * counts[group]
         spread = (candidates / totals).std(axis=1).mean(axis=1)
