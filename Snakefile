@@ -11,6 +11,7 @@ import sys
 from daamflow.config import validate_config
 from daamflow.preflight import check_resources
 from daamflow.cli.profiles import precedence_warnings
+from daamflow.cli.warm import Server
 
 from snakemake.logging import logger
 from snakemake.utils import min_version
@@ -45,6 +46,22 @@ check_resources(config)
 localrules:
     prepare,
     encoder,
+
+
+# Local jobs fork from one process that has imported torch, transformers and peft (`warm_start`; docs/architecture.md#9-timings)
+WARM = Server()
+
+
+onstart:
+    WARM.start(config["warm_start"], workflow.local_exec, config["threads"], log_file("warm", "server"))
+
+
+onsuccess:
+    WARM.stop()
+
+
+onerror:
+    WARM.stop()
 
 
 include: "rules/common.smk"

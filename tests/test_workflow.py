@@ -67,6 +67,19 @@ def test_results_match_the_golden_digests(micro_run):
 
 
 @pytest.mark.slow
+def test_jobs_fork_from_the_warm_server(micro_run):
+    """``warm_start`` (default true): the run's jobs forked from the server its onstart started, so the digests above
+    are those of warm-started jobs; none was declined, and the server stopped with the run."""
+    results, _ = micro_run
+    log = (results / "logs/warm/server.log").read_text().splitlines()
+    jobs = [line for line in log if " job: " in line]
+    stages = {line.split(" job: ")[1].split()[2] for line in jobs if line.split(" job: ")[1].startswith("--usage")}
+    assert {"train", "report"} <= stages, log  # the first jobs may start before the server is ready
+    assert not [line for line in log if "declined" in line]
+    assert log[-1].endswith(f"stopped after {len(jobs)} jobs")
+
+
+@pytest.mark.slow
 def test_feature_stores_and_density_maps(micro_run):
     from daamflow.data.features import load_store
 

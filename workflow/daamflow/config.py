@@ -206,7 +206,7 @@ def _own_data(name: str, ds: dict) -> list[str]:
 
 def load_config(path: str | Path) -> dict:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # a pipe is fine: `daamflow config /dev/stdin`, `<(...)`
         raise ConfigError(f"config file not found: {path}")
     with path.open() as fh:
         config = yaml.safe_load(fh) or {}

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("daamflow.report.paramtable", "print the paper's parameter table (Table 1) computed from the model registry"),
     "config": ("daamflow.cli.configcmd", "validate a config and print the resolved settings of one stage"),
     "install-profile": ("daamflow.cli.profiles", "link profiles/slurm into ~/.config/snakemake: `--profile slurm` anywhere"),
+    "warm": ("daamflow.cli.warm", "serve the workflow's jobs from one process with torch/transformers/peft imported"),
 }
 
 
@@ -60,7 +61,8 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, started: float = STARTED) -> int:
+    """Run one command; its usage (``--usage``) counts wall time from ``started`` (``time.perf_counter``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser(argv)
     args = parser.parse_args(argv)
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from daamflow.config import ConfigError
 
-    with recorded(args.usage, STARTED) as status:
+    with recorded(args.usage, started) as status:
         try:
             status[0] = int(_load(COMMANDS[args.command][0]).main(args) or 0)
         except ConfigError as exc:  # the user's config or resources: the message says what to fix, a traceback not
@@ -82,14 +84,28 @@ def main(argv: list[str] | None = None) -> int:
     return status[0]
 
 
-def run() -> None:
-    """The ``daamflow`` console command: ``main``, then a prompt exit. Once the command is done (its outputs written
-    and closed, the atexit handlers run, logs and streams flushed) the process ends without the interpreter's
-    teardown of torch's and transformers' modules, which cost about 1 s of CPU per job, a tenth of a typical head
-    job (docs/architecture.md#9-timings). A failing command (an exception) exits the normal way, with its traceback."""
-    status = main()
-    atexit._run_exitfuncs()  # what a normal exit runs first (tempfile, logging, multiprocessing clean-ups)
+def finish() -> None:
+    """What a normal exit runs before the interpreter's teardown: atexit handlers (tempfile, logging,
+    multiprocessing clean-ups), then log and stream flushes."""
+    atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+
+
+def run() -> None:
+    """The ``daamflow`` console command: in a warm-started child when the workflow's server takes the job
+    (``daamflow.cli.warm``), else ``main`` here; then a prompt exit. Once the command is done (its outputs written
+    and closed, ``finish`` run) the process ends without the interpreter's teardown of torch's and transformers'
+    modules, which cost about 1 s of CPU per job, a tenth of a typical head job (docs/architecture.md#9-timings).
+    A failing command (an exception) exits the normal way, with its traceback."""
+    argv = sys.argv[1:]
+    if "warm" not in argv[:1]:
+        from daamflow.cli.warm import forward
+
+        status = forward(argv, STARTED)
+        if status is not None:
+            os._exit(status)
+    status = main(argv)
+    finish()
     os._exit(status)
