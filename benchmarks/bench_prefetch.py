@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from daamflow.data.folds import Split
-from daamflow.data.prefetch import DEPTH, Prefetch, read_rows
+from daamflow.data.prefetch import DEPTH, BatchReader, Prefetch
 from daamflow.models import heads
 from daamflow.run.fit import fit
 from daamflow.run.metrics import loss_of
@@ -130,11 +130,11 @@ def compute(cfg: dict, features: np.ndarray, train: list[np.ndarray], select: li
     memory held stays ``pool`` batches whatever the epoch's size. Wall and CPU seconds."""
     model, hp = build(cfg), cfg["hyper"]
     optimiser = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    memory = {}
+    memory, reader = {}, BatchReader(features, None, max(map(len, train + select)), 1)
     for k, rows in enumerate(train + select):
         key = (k % pool, len(rows))
         if key not in memory:
-            memory[key] = read_rows(features, rows, None)
+            memory[key] = reader.read(rows).clone()
 
     def steps() -> None:
         model.train()

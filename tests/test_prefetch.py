@@ -10,7 +10,7 @@ import torch
 from daamflow.data.features import load_store, write_store
 from daamflow.data.folds import make_splits
 from daamflow.data import prefetch
-from daamflow.data.prefetch import Prefetch, read_rows, resident
+from daamflow.data.prefetch import BatchReader, Prefetch, resident
 from daamflow.run.fit import Diverged
 from daamflow.run.train import run_split
 
@@ -54,19 +54,6 @@ def _run(store, settings, out, features=None, **kwargs):
                      "cpu", progress=False, **kwargs)
 
 
-class Unreadable:
-    """The store's features with one row whose read fails, as a damaged disk's would (numpy raises OSError)."""
-
-    def __init__(self, features: np.ndarray, bad_row: int) -> None:
-        self.features, self.bad_row, self.shape, self.dtype = features, bad_row, features.shape, features.dtype
-
-    def __getitem__(self, key):
-        rows = key[0] if isinstance(key, tuple) else key  # features[rows] or features[np.ix_(rows, layers)]
-        if self.bad_row in np.asarray(rows):
-            raise OSError(f"[Errno 5] Input/output error reading row {self.bad_row} of features.npy")
-        return self.features[key]
-
-
 def test_prefetch_on_and_off_give_the_same_fold_bit_for_bit(store, tmp_path):
     settings = _settings()
     settings["hyper"]["refit"] = True  # the selection run, the refit and the test: both learners read ahead
@@ -105,10 +92,12 @@ def test_a_small_store_trains_from_memory_with_the_same_results(store, tmp_path,
 
 
 def test_a_reading_error_in_the_thread_is_raised_in_the_fold_with_its_message(store, tmp_path):
-    split = make_splits(store.labels, store.groups, store.splits, _settings()["evaluation"], "clean", 5)[0]
-    bad = int(split.train[len(split.train) // 2])
-    with pytest.raises(OSError, match=f"Input/output error reading row {bad} of features.npy"):
-        _run(store, _settings(), tmp_path, features=Unreadable(store.features, bad))
+    """Features with fewer rows than the index (a truncated store): the reader thread fails on the first missing
+    row, and the fold raises that error."""
+    short = store.features[:60]
+    with pytest.raises(IndexError, match="out of bounds for dimension 0 with size 60") as raised:
+        _run(store, _settings(), tmp_path, features=short)
+    assert any(entry.name == "_read_ahead" for entry in raised.traceback)  # raised in the thread, not re-read
     assert not _readers()
     assert not (tmp_path / "metrics.json").exists()
 
@@ -127,8 +116,29 @@ def test_batches_come_in_the_rows_order_and_a_closed_reader_stops(store):
         with pytest.raises(RuntimeError, match="batch 1 of 3"):
             stream.take(rows[2])  # out of order
     assert not _readers()  # closed with two batches untaken
-    assert torch.equal(read_rows(store.features, rows[2], None),
-                       torch.from_numpy(store.features[rows[2]].astype(np.float32)))
+
+
+@pytest.mark.parametrize("layers", [None, [2, 3, 0], [1]])
+def test_the_reader_reuses_free_buffers_and_never_overwrites_a_held_batch(store, layers):
+    """BatchReader casts rows (runs of consecutive layers) straight into reused float32 buffers: a batch nothing
+    holds any more gives its buffer to a later one; a batch still held, or a view of it, keeps its values."""
+    def expected(rows):
+        part = store.features[rows] if layers is None else store.features[np.ix_(rows, layers)]
+        return torch.from_numpy(part.astype(np.float32))
+
+    batches = [np.array([5, 80, 5, 17]), np.array([3, 0]), np.array([61, 62, 63, 64]), np.array([89, 1, 2, 40])]
+    reader = BatchReader(store.features, layers, 4, slots=2)
+    kept = reader.read(batches[0])  # held all along: its slot gets a new buffer when its turn comes again
+    view = reader.read(batches[1])[:1]  # only a view of the batch held
+    pointers = []
+    for rows in batches * 2:
+        x = reader.read(rows)
+        assert torch.equal(x, expected(rows))
+        pointers.append(x.data_ptr())
+        del x
+    assert torch.equal(kept, expected(batches[0])) and torch.equal(view, expected(batches[1])[:1])
+    assert kept.data_ptr() not in pointers and view.data_ptr() not in pointers
+    assert len(set(pointers)) == 2  # the two slots' new buffers, reused for all eight batches
 
 
 def test_the_benchmark_times_a_head_and_finds_prefetch_on_and_off_identical(tmp_path, capsys):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -40,19 +41,68 @@ def resident(features: np.ndarray) -> tuple[np.ndarray, int]:
     return features, DEPTH
 
 
-def read_rows(features: np.ndarray, rows: np.ndarray, layers: list[int] | None, pin: bool = False) -> torch.Tensor:
-    """float32 ``features[rows]`` (only ``layers`` when given), in the order of ``rows``.
+def _spans(layers: list[int] | None, n_layers: int) -> list[tuple[int, int, int]]:
+    """The runs of consecutive store layers in ``layers`` (all ``n_layers`` when None), each as (first batch layer,
+    first store layer, count): a run is one contiguous span of a row, copied in one call."""
+    if layers is None:
+        return [(0, 0, n_layers)]
+    spans: list[tuple[int, int, int]] = []
+    for at, k in enumerate(layers):
+        if spans and spans[-1][1] + spans[-1][2] == k:
+            spans[-1] = (spans[-1][0], spans[-1][1], spans[-1][2] + 1)
+        else:
+            spans.append((at, k, 1))
+    return spans
 
-    One gather of the float16 rows, then torch's vectorised cast (5-6x faster than numpy's float16 cast,
-    docs/architecture.md#2-feature-store): a few calls per batch, each releasing the GIL while it copies. The disk
-    reads a batch's rows in ascending order, asked for by ``_ReadAhead``; gathering them in that order and putting
-    them back cost a third more CPU per batch than this. ``pin``: the tensor is allocated in page-locked memory (for
-    an asynchronous copy to a GPU).
+
+def _holders(t: torch.Tensor) -> int:
+    """References to ``t``'s memory (the tensor, its views, autograd's saved inputs)."""
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+
+
+class BatchReader:
+    """float32 ``features[rows]`` (only ``layers`` when given, in their order), for batches of up to ``batch_rows``
+    rows, in ``slots`` reused buffers.
+
+    Each row (each run of consecutive layers) is cast straight out of the store by one torch copy into the batch's
+    float32 buffer: no float16 intermediate and no allocation per batch. That halves a batch's CPU against a numpy
+    gather cast into a new tensor, most of which was the allocation's page faults in a reading thread
+    (docs/architecture.md#2-feature-store has the measurements). Each copy releases the GIL.
+
+    A buffer is reused only when nothing else holds its memory (``_holders``), so a batch still in use (kept by its
+    caller, saved by autograd) is never overwritten: its slot gets a new buffer. With ``pin`` (for an asynchronous
+    copy to a GPU) every batch gets a page-locked tensor from torch's pinned-memory cache instead, which reuses a
+    block only once its copies are done.
     """
-    rows = np.asarray(rows)
-    half = features[rows] if layers is None else features[np.ix_(rows, layers)]
-    out = torch.empty(half.shape, dtype=torch.float32, pin_memory=pin)
-    return out.copy_(torch.from_numpy(half))
+
+    def __init__(self, features: np.ndarray, layers: list[int] | None, batch_rows: int, slots: int,
+                 pin: bool = False) -> None:
+        with warnings.catch_warnings():  # a read-only memory map: the tensor is only ever read
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            self.store = torch.from_numpy(np.asarray(features))
+        self.spans = _spans(layers, features.shape[1])
+        self.shape = (batch_rows, features.shape[1] if layers is None else len(layers), features.shape[2])
+        self.pin = pin
+        self.slots: list[tuple[torch.Tensor, int] | None] = [None] * slots
+        self.next = 0
+
+    def _buffer(self, n: int) -> torch.Tensor:
+        if self.pin:
+            return torch.empty((n, *self.shape[1:]), dtype=torch.float32, pin_memory=True)
+        k, self.next = self.next, (self.next + 1) % len(self.slots)
+        slot = self.slots[k]
+        if slot is None or _holders(slot[0]) > slot[1]:
+            buffer = torch.empty(self.shape, dtype=torch.float32)
+            slot = self.slots[k] = (buffer, _holders(buffer))
+        return slot[0][:n]
+
+    def read(self, rows: np.ndarray) -> torch.Tensor:
+        out = self._buffer(len(rows))
+        for at, r in enumerate(np.asarray(rows).tolist()):
+            row = self.store[r]
+            for first, start, count in self.spans:
+                out[at, first:first + count].copy_(row[start:start + count])
+        return out
 
 
 class _ReadAhead:
@@ -96,7 +146,8 @@ class Prefetch:
     ``depth`` > 0: a daemon thread reads up to ``depth`` batches ahead; ``depth`` = 0: each batch is read when it is
     taken, in the caller's thread. ``take(rows)`` returns the next batch's tensor and checks that ``rows`` are that
     batch's rows. A reading error is raised by the ``take`` of its batch, in the caller's thread. ``close`` (or
-    leaving the ``with`` block) stops the thread and waits for it, also when batches remain untaken.
+    leaving the ``with`` block) stops the thread and waits for it, also when batches remain untaken. On the CPU a
+    batch's tensor is a ``BatchReader`` buffer: it holds its values as long as anything holds it.
     """
 
     def __init__(self, features: np.ndarray, batches: Sequence[np.ndarray], layers: list[int] | None,
@@ -105,6 +156,9 @@ class Prefetch:
             raise ValueError(f"Prefetch: depth must be >= 0, got {depth}")
         self.features, self.batches, self.layers, self.dev = features, batches, layers, dev
         self.pin = dev.type == "cuda"
+        # buffers in use: up to ``depth`` queued, one being read, the batch taken last and the one before it (still
+        # held by the caller while it takes the next)
+        self.reader = BatchReader(features, layers, max(map(len, batches), default=0), depth + 3, self.pin)
         self.taken, self.error = 0, None
         self.thread: threading.Thread | None = None
         if depth:
@@ -122,7 +176,7 @@ class Prefetch:
                     advice.rows(rows)
                 if k + 1 < len(self.batches):  # the disk reads batch k + 1 while batch k is copied
                     advice.rows(self.batches[k + 1])
-                if not self._put(read_rows(self.features, rows, self.layers, self.pin)):
+                if not self._put(self.reader.read(rows)):
                     return
         except BaseException as err:  # any failure, raised again by the consumer's take
             self._put(_Failed(err))
@@ -148,7 +202,7 @@ class Prefetch:
                                f"ahead is batch {self.taken} of {len(self.batches)}; batches must be taken in the "
                                f"order they were given")
         if self.thread is None:
-            x = read_rows(self.features, rows, self.layers, self.pin)
+            x = self.reader.read(rows)
         else:
             x = self.queue.get()
             if isinstance(x, _Failed):
