@@ -1,18 +1,18 @@
 // DAAM gate on CPU, forward and analytic backward, for x of shape (B, H, n, d), contiguous, float32 or float64.
 //
 // The same mathematics as daamflow.models.daam._DAAMFunction (its docstring has the formulas; docs/paper-notes.md
-// section 1.2-1.5 the model), organised for memory traffic: the (b, h) blocks (n x d, contiguous) are taken in
-// memory order, each in tiles of at most TILE features; a tile's n x TILE values of x are read once from memory and
-// stay in L1 while the per-feature statistics and then every output of the tile are computed; the next tile is
-// prefetched meanwhile. The forward writes y (and the gate G only when asked); the backward re-reads x (nothing but x
-// is saved: the statistics are recomputed from the cached block), reads dy and writes dx. That is the traffic floor:
-// 2 + 3 tensors (large calls write with streaming stores, which spare the read a normal store makes first).
+// section 1.2-1.5 the model), organised for memory traffic and registers: each (b, h) block (n x d, contiguous) is
+// taken in strips of one SIMD vector of features (LANES: 16 float32, 8 float64). A strip's n rows are read once from
+// memory and stay in L1; its per-feature statistics live in registers while every output of the strip is computed.
+// The forward writes y (and the gate G only when asked); the backward re-reads x (nothing but x is saved: the
+// statistics are recomputed), reads dy and writes dx. That is the traffic floor: 2 + 3 tensors (large calls write
+// with streaming stores, which spare the read a normal store makes first).
 // The parameter gradients are sums over the batch, taken in an order fixed by the shape alone (see backward), so the
 // result does not depend on the number of threads.
 //
 // Built by daamflow/models/_kernels.py (plain C ABI, loaded with ctypes). A head of one layer gives s = 0 and
-// x - mu = 0 exactly (mu = x; a contracted FMA in S2 - S1^2 / n multiplies by 1/n = 1 exactly), as the eager path:
-// u = -delta r sqrt(kappa), the gate is 1 at delta = 0 and the gradient on delta 0 there.
+// x - mu = 0 exactly (as the eager path): u = -delta r sqrt(kappa), the gate is 1 at delta = 0 and the gradient on
+// delta 0 there.
 //
 // The score is kept in base 2, u' = u sqrt(log2 e), so that G = 2^(-u'^2) (see _DAAMFunction); the sums P1', P2' over
 // u' are converted once per (b, h, feature).
@@ -20,66 +20,161 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
-#if defined(__AVX__)
+#if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
 namespace {
 
-constexpr int64_t TILE = 256;
 constexpr double LOG2E = 1.4426950408889634;
 
-// 2^t for t <= 0 in float32: t = k + f, k = round(t), |f| <= 1/2; 2^f by a degree-6 polynomial (a weighted
-// least-squares fit of 2^f on Chebyshev nodes of [-1/2, 1/2]; relative error < 1e-7 evaluated in float32, about the
-// library exp2's 1 ulp), scaled by 2^k through the exponent bits. t is clamped at -125 (a gate below 2^-125 = 2.4e-38
-// is returned as that). A NaN passes through: k converts to INT_MIN, whose shifted bits are 0.
-// Written so that GCC vectorises it.
-inline float exp2_nonpos(float t) {
-  const float tc = t < -125.0f ? -125.0f : t;
-  const float k = std::nearbyint(tc);
-  const float f = tc - k;
-  float p = 1.5337577e-4f;
-  p = p * f + 1.3399860e-3f;
-  p = p * f + 9.6185198e-3f;
-  p = p * f + 5.5503290e-2f;
-  p = p * f + 2.4022646e-1f;
-  p = p * f + 6.9314718e-1f;
-  p = p * f + 1.0f;
-  uint32_t bits;
-  std::memcpy(&bits, &p, sizeof bits);
-  bits += static_cast<uint32_t>(static_cast<int32_t>(k)) << 23;
-  float r;
-  std::memcpy(&r, &bits, sizeof r);
+// One SIMD register of T in the GCC/Clang vector extension: AVX-512, else AVX, else SSE width.
+#if defined(__AVX512F__)
+constexpr int VEC_BYTES = 64;
+#elif defined(__AVX__)
+constexpr int VEC_BYTES = 32;
+#else
+constexpr int VEC_BYTES = 16;
+#endif
+template <typename T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(VEC_BYTES)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+template <typename T>
+constexpr int64_t LANES = VEC_BYTES / sizeof(T);
+
+template <typename T>
+inline Vec<T> load(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <typename T>
+inline Vec<T> splat(T s) {
+  return Vec<T>{} + s;
+}
+
+// A store of one vector; `stream`: a non-temporal one, which needs p aligned to the vector (see STREAM_BYTES).
+template <typename T>
+inline void put(T* p, Vec<T> v, bool stream) {
+  if (stream) {
+    if constexpr (std::is_same_v<T, float>) {
+#if defined(__AVX512F__)
+      return _mm512_stream_ps(p, (__m512)v);
+#elif defined(__AVX__)
+      return _mm256_stream_ps(p, (__m256)v);
+#elif defined(__SSE2__)
+      return _mm_stream_ps(p, (__m128)v);
+#endif
+    } else {
+#if defined(__AVX512F__)
+      return _mm512_stream_pd(p, (__m512d)v);
+#elif defined(__AVX__)
+      return _mm256_stream_pd(p, (__m256d)v);
+#elif defined(__SSE2__)
+      return _mm_stream_pd(p, (__m128d)v);
+#endif
+    }
+  }
+  std::memcpy(p, &v, sizeof v);
+}
+
+// 2^t for t <= 0 (t = -u'^2) in float32: t = k + f, k = round(t), |f| <= 1/2; 2^f by a degree-6 polynomial (a
+// weighted least-squares fit of 2^f on Chebyshev nodes of [-1/2, 1/2]; relative error < 1e-7 evaluated in float32,
+// about the library exp2's 1 ulp), scaled by 2^k. A NaN stays NaN.
+// With AVX-512: k by vrndscaleps, 2^k applied by vscalefps (underflowing to subnormals and 0 as exp2 does; t is
+// clamped at -1e30, so that -inf gives 0, not inf - inf). Without: adding MAGIC = 1.5 2^23 + 127 rounds t to an integer
+// whose low mantissa bits hold k + 127, the exponent of 2^k, shifted into place by 23; t is clamped at -125 (a gate
+// below 2^-125 = 2.4e-38 is returned as that).
+inline Vec<float> exp2_nonpos(Vec<float> t) {
+  const auto poly = [](Vec<float> f) {
+    Vec<float> p = splat(1.5337577e-4f);
+    p = p * f + 1.3399860e-3f;
+    p = p * f + 9.6185198e-3f;
+    p = p * f + 5.5503290e-2f;
+    p = p * f + 2.4022646e-1f;
+    p = p * f + 6.9314718e-1f;
+    return p * f + 1.0f;
+  };
+#if defined(__AVX512F__)
+  const __m512 tc = _mm512_max_ps(_mm512_set1_ps(-1e30f), (__m512)t);  // this operand order passes a NaN through
+  const __m512 k = _mm512_roundscale_ps(tc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return (Vec<float>)_mm512_scalef_ps((__m512)poly((Vec<float>)_mm512_sub_ps(tc, k)), k);
+#else
+  const Vec<float> magic = splat(12583039.0f), bottom = splat(-125.0f);
+  t = bottom > t ? bottom : t;
+  const Vec<float> m = magic + t;
+  typedef uint32_t U __attribute__((vector_size(VEC_BYTES)));
+  return poly(t - (m - magic)) * (Vec<float>)((U)m << 23);  // t - k is exact (Sterbenz)
+#endif
+}
+
+// float64: the reference-precision path (tests), the library's exp2.
+inline Vec<double> exp2_nonpos(Vec<double> t) {
+  Vec<double> r = {};
+  for (int64_t i = 0; i < LANES<double>; ++i) r[i] = std::exp2(t[i]);
   return r;
 }
 
-inline double exp2_nonpos(double t) { return std::exp2(t); }  // float64: the reference-precision path (tests)
-
-// Per-feature statistics of one (b, h, tile) block: mu, r = (|s| + 1e-8 + eps)^(-1/2), sign(s), with
-// n s = S2 - S1^2 / n (the eager path's formula, see daam.py).
+// 1 / sqrt(v) for v > 0. float32 with AVX-512: vrsqrt14ps and a Newton step (within about 1 ulp; a square root and a
+// division cost several times more, once per feature of every block). Otherwise the correctly rounded operations.
 template <typename T>
-inline void block_stats(const T* __restrict x, int64_t n, int64_t d, int64_t w, T floor_, T* __restrict mu,
-                        T* __restrict r, T* __restrict sgn) {
+inline Vec<T> inv_sqrt(Vec<T> v) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    const Vec<float> y = (Vec<float>)_mm512_rsqrt14_ps((__m512)v);
+    return (y * 0.5f) * (1.0f - (v * y) * y) + y;
+  }
+#endif
+  Vec<T> r = {};
+  for (int64_t i = 0; i < LANES<T>; ++i) r[i] = T(1) / std::sqrt(v[i]);  // vectorised (-fno-math-errno)
+  return r;
+}
+
+// A strip is VECS vectors of features side by side: their independent chains (the 2^x polynomial) overlap.
+constexpr int VECS = 2;
+template <typename T>
+constexpr int64_t WIDTH = VECS * LANES<T>;
+
+// Per-feature constants of one strip: the score u' = x ax + c (ax = a = r sqrt(kappa'), c = -(mu + delta) a; for a
+// head of one layer ax = 0 and c = -delta a, so that x - mu is exactly 0), and for the backward a, mu and
+// cs = 2 ln2 sign(s) r^2 / n.
+template <typename T>
+struct Strip {
+  Vec<T> ax[VECS], c[VECS], a[VECS], mu[VECS], cs[VECS];
+};
+
+// The statistics of the strip of rows x[l * ld, l * ld + WIDTH), l < n: r = (|s| + 1e-8 + eps)^(-1/2) with
+// n s = S2 - S1^2 / n (the eager path's formula, see daam.py; a contracted FMA in it multiplies by 1/n = 1 exactly for
+// n = 1, giving s = 0). delta, sk: the strip's delta and sqrt(kappa').
+template <typename T>
+inline Strip<T> strip_stats(const T* x, int64_t ld, int64_t n, const T* delta, const T* sk, T floor_) {
+  constexpr int64_t L = LANES<T>;
   const T inv_n = T(1) / T(n);
-  T s1[TILE], s2[TILE];
-#pragma omp simd
-  for (int64_t j = 0; j < w; ++j) s1[j] = s2[j] = T(0);
-  for (int64_t l = 0; l < n; ++l) {
-    const T* xl = x + l * d;
-#pragma omp simd
-    for (int64_t j = 0; j < w; ++j) {
-      s1[j] += xl[j];
-      s2[j] += xl[j] * xl[j];
+  Vec<T> s1[VECS] = {}, s2[VECS] = {};
+  for (int64_t l = 0; l < n; ++l)
+    for (int k = 0; k < VECS; ++k) {
+      const Vec<T> v = load(x + l * ld + k * L);
+      s1[k] += v;
+      s2[k] += v * v;
     }
+  Strip<T> st;
+  for (int k = 0; k < VECS; ++k) {
+    const Vec<T> sn = s2[k] - (s1[k] * s1[k]) * inv_n, zero = {}, one = splat(T(1));
+    const Vec<T> r = inv_sqrt<T>((sn < zero ? -sn : sn) * inv_n + floor_);
+    const Vec<T> dl = load(delta + k * L);
+    st.mu[k] = s1[k] * inv_n;
+    st.a[k] = r * load(sk + k * L);
+    st.ax[k] = n > 1 ? st.a[k] : zero;
+    st.c[k] = zero - (n > 1 ? st.mu[k] + dl : dl) * st.a[k];
+    st.cs[k] = (sn > zero ? one : (sn < zero ? -one : zero)) * (r * r) * (T(2 / LOG2E) * inv_n);
   }
-#pragma omp simd
-  for (int64_t j = 0; j < w; ++j) {
-    const T sn = s2[j] - (s1[j] * s1[j]) * inv_n;
-    mu[j] = s1[j] * inv_n;
-    r[j] = T(1) / std::sqrt(std::fabs(sn) * inv_n + floor_);
-    sgn[j] = T((sn > T(0)) - (sn < T(0)));
-  }
+  return st;
 }
 
 // sqrt(kappa') for every (head, feature): kappa' = log2(e) kappa, kappa = 1 / (2 xi), or 1 / (2 xi^2) (prose formula).
@@ -91,197 +186,210 @@ std::vector<T> sqrt_kappa(const T* __restrict xi, int64_t size, bool squared) {
   return sk;
 }
 
-// Tensors a tile loop streams through, whose next tile is prefetched while the current one is computed (one tile
-// ahead covers the memory latency; the hardware prefetchers alone lose time at every tile and block boundary).
-template <typename T>
-struct Streams {
-  const T* in[2];  // x, and dy in the backward (else null)
-  T* out;          // y or dx (null: none)
-};
-
 // A call whose tensors (inputs and outputs) exceed this many bytes, a common last-level cache size, writes its output
 // with non-temporal stores: the output would leave the cache before anything reads it, and a normal store first reads
 // each line it writes (one more tensor of traffic). Smaller calls (a training batch) leave the output in cache.
+// Streaming needs every vector 64-byte aligned: the outputs aligned and d a multiple of WIDTH.
 constexpr int64_t STREAM_BYTES = int64_t(32) << 20;
 
-// dst[0, w) = src[0, w), with streaming stores for the 64-byte-aligned (AVX: 32) full vectors where available.
-inline void stream_copy(float* dst, const float* src, int64_t w) {
-  int64_t j = 0;
-#if defined(__AVX512F__)
-  for (; j < w && (reinterpret_cast<uintptr_t>(dst + j) & 63); ++j) dst[j] = src[j];
-  for (; j + 16 <= w; j += 16) _mm512_stream_ps(dst + j, _mm512_loadu_ps(src + j));
-#elif defined(__AVX__)
-  for (; j < w && (reinterpret_cast<uintptr_t>(dst + j) & 31); ++j) dst[j] = src[j];
-  for (; j + 8 <= w; j += 8) _mm256_stream_ps(dst + j, _mm256_loadu_ps(src + j));
-#endif
-  for (; j < w; ++j) dst[j] = src[j];
-}
-
-inline void stream_copy(double* dst, const double* src, int64_t w) {
-  int64_t j = 0;
-#if defined(__AVX512F__)
-  for (; j < w && (reinterpret_cast<uintptr_t>(dst + j) & 63); ++j) dst[j] = src[j];
-  for (; j + 8 <= w; j += 8) _mm512_stream_pd(dst + j, _mm512_loadu_pd(src + j));
-#elif defined(__AVX__)
-  for (; j < w && (reinterpret_cast<uintptr_t>(dst + j) & 31); ++j) dst[j] = src[j];
-  for (; j + 4 <= w; j += 4) _mm256_stream_pd(dst + j, _mm256_loadu_pd(src + j));
-#endif
-  for (; j < w; ++j) dst[j] = src[j];
+template <typename T>
+bool use_streaming(int64_t tensors, int64_t numel, int64_t d, std::initializer_list<const T*> outs) {
+  if (tensors * numel * int64_t(sizeof(T)) <= STREAM_BYTES || d % WIDTH<T>) return false;
+  return std::all_of(outs.begin(), outs.end(), [](const T* p) { return !p || !(reinterpret_cast<uintptr_t>(p) & 63); });
 }
 
 // Orders a thread's streaming stores before the end of the parallel region (they bypass the usual store ordering).
 inline void stream_fence() {
-#if defined(__AVX__)
+#if defined(__SSE2__)
   _mm_sfence();
 #endif
 }
 
-template <typename T>
-inline void prefetch_tile(const T* p, int64_t n, int64_t d, int64_t w, bool write) {
-  for (int64_t l = 0; l < n; ++l)
-    for (int64_t j = 0; j < w; j += 64 / int64_t(sizeof(T))) {
-      if (write)
-        __builtin_prefetch(p + l * d + j, 1, 3);
-      else
-        __builtin_prefetch(p + l * d + j, 0, 3);
-    }
+// One (b, h) block, n x d: the strips of its full WIDTHs in order, each as body(j, stats), the statistics of the next
+// strip computed before the current strip's rows, so that their square roots and divisions (long latency) overlap
+// those rows instead of stalling the next strip; then the last w < WIDTH features, if any, as tail(j, w).
+// x: the block's x; delta, sk: its head's delta and sqrt(kappa').
+template <typename T, typename Body, typename TailBody>
+inline void for_strips(const T* x, int64_t n, int64_t d, const T* delta, const T* sk, T floor_, Body body,
+                       TailBody tail) {
+  constexpr int64_t W = WIDTH<T>;
+  const int64_t full = d - d % W;
+  Strip<T> next;
+  if (full) next = strip_stats(x, d, n, delta, sk, floor_);
+  for (int64_t j = 0; j < full; j += W) {
+    const Strip<T> st = next;
+    if (j + W < full) next = strip_stats(x + j + W, d, n, delta + j + W, sk + j + W, floor_);
+    body(j, st);
+  }
+  if (full < d) tail(full, d - full);
 }
 
-// One (b, h) block, n x d at offset off, tile by tile: fills a = r sqrt(kappa') and mu, calls body(j0, w, ...) per
-// tile. next_off: the offset of the block processed after this one (-1: none), whose first tile is prefetched.
-template <typename T, typename Body>
-inline void for_tiles(const Streams<T>& st, int64_t off, int64_t next_off, int64_t n, int64_t d, T floor_,
-                      const T* sk_h, Body body) {
-  T mu[TILE], r[TILE], sgn[TILE], a[TILE];
-  for (int64_t j0 = 0; j0 < d; j0 += TILE) {
-    const int64_t w = (d - j0 < TILE) ? d - j0 : TILE;
-    const int64_t pf = j0 + TILE < d ? off + j0 + TILE : next_off;
-    if (pf >= 0) {
-      const int64_t pw = j0 + TILE < d ? std::min(TILE, d - j0 - TILE) : std::min(TILE, d);
-      for (const T* in : st.in)
-        if (in) prefetch_tile(in + pf, n, d, pw, false);
-      if (st.out) prefetch_tile(st.out + pf, n, d, pw, true);
-    }
-    block_stats(st.in[0] + off + j0, n, d, w, floor_, mu, r, sgn);
-#pragma omp simd
-    for (int64_t j = 0; j < w; ++j) a[j] = r[j] * sk_h[j0 + j];
-    body(j0, w, mu, r, sgn, a);
+// The last w < WIDTH features of a block go through the same strip code on a zero-padded copy (ld = WIDTH): Tail
+// holds the copies of one thread, `in` the inputs (x, and dy in the backward), `out` the outputs.
+template <typename T>
+struct Tail {
+  static constexpr int64_t W = WIDTH<T>;
+  std::vector<T> in[2], out[2];
+  T delta[W], sk[W];
+
+  explicit Tail(int64_t n) {
+    for (auto* v : {&in[0], &in[1], &out[0], &out[1]}) v->assign(n * W, T(0));
   }
+  // copies rows of src (stride d), w values each, into dst, leaving the padding as it is
+  static void gather(std::vector<T>& dst, const T* src, int64_t n, int64_t d, int64_t w) {
+    for (int64_t l = 0; l < n; ++l) std::memcpy(dst.data() + l * W, src + l * d, w * sizeof(T));
+  }
+  static void scatter(T* dst, const std::vector<T>& src, int64_t n, int64_t d, int64_t w) {
+    for (int64_t l = 0; l < n; ++l) std::memcpy(dst + l * d, src.data() + l * W, w * sizeof(T));
+  }
+  // the statistics of the copy in in[0], with delta and sqrt(kappa') padded by 0 and 1 (finite in the padding)
+  Strip<T> stats(const T* delta_j, const T* sk_j, int64_t n, int64_t w, T floor_) {
+    for (int64_t i = 0; i < W; ++i) {
+      delta[i] = i < w ? delta_j[i] : T(0);
+      sk[i] = i < w ? sk_j[i] : T(1);
+    }
+    return strip_stats(in[0].data(), W, n, delta, sk, floor_);
+  }
+};
+
+// y (and the gate) of one strip: rows of x at stride ldx, of the outputs at stride ldo.
+template <typename T, bool WITH_GATE>
+inline void forward_strip(const Strip<T>& st, const T* x, int64_t ldx, T* y, T* gate, int64_t ldo, int64_t n,
+                          bool stream) {
+  constexpr int64_t L = LANES<T>;
+  for (int64_t l = 0; l < n; ++l)
+    for (int k = 0; k < VECS; ++k) {
+      const Vec<T> v = load(x + l * ldx + k * L);
+      const Vec<T> u = v * st.ax[k] + st.c[k];
+      const Vec<T> g = exp2_nonpos(Vec<T>{} - u * u);
+      put(y + l * ldo + k * L, v * g, stream);
+      if (WITH_GATE) put(gate + l * ldo + k * L, g, stream);
+    }
 }
 
 // Parallel over the (b, h) blocks in memory order (each thread streams one contiguous range).
 template <typename T, bool WITH_GATE>
 void forward(const T* x, const T* delta, const T* xi, T* y, T* gate, int64_t B, int64_t H, int64_t n, int64_t d,
              double eps, bool squared, int threads) {
+  constexpr int64_t W = WIDTH<T>;
   const T floor_ = T(1e-8 + eps);
   const std::vector<T> sk = sqrt_kappa(xi, H * d, squared);
-  const bool stream = (WITH_GATE ? 3 : 2) * B * H * n * d * int64_t(sizeof(T)) > STREAM_BYTES;
-  const Streams<T> st{{x, nullptr}, stream ? nullptr : y};
-#pragma omp parallel for schedule(static) num_threads(threads) if (B * H * n * d > 65536)
-  for (int64_t blk = 0; blk < B * H; ++blk) {
-    const int64_t h = blk % H, off = blk * n * d;
-    T yt[TILE];
-    const int64_t next = blk + 1 < B * H ? off + n * d : -1;
-    for_tiles(st, off, next, n, d, floor_, sk.data() + h * d, [&](int64_t j0, int64_t w, const T* mu, const T*,
-                                                                   const T*, const T* a) {
-      const T* dl = delta + h * d + j0;
-      for (int64_t l = 0; l < n; ++l) {
-        const T* xl = x + off + l * d + j0;
-        T* yl = stream ? yt : y + off + l * d + j0;
-        T* gl = WITH_GATE ? gate + off + l * d + j0 : nullptr;
-#pragma omp simd
-        for (int64_t j = 0; j < w; ++j) {
-          const T u = ((xl[j] - mu[j]) - dl[j]) * a[j];  // u' (sk carries sqrt(log2 e))
-          const T g = exp2_nonpos(-(u * u));
-          yl[j] = xl[j] * g;
-          if (WITH_GATE) gl[j] = g;
-        }
-        if (stream) stream_copy(y + off + l * d + j0, yt, w);
-      }
-    });
+  const bool stream = use_streaming<T>(WITH_GATE ? 3 : 2, B * H * n * d, d, {y, gate});
+#pragma omp parallel num_threads(threads) if (B * H * n * d > 65536)
+  {
+    Tail<T> tail(d % W ? n : 0);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < B * H; ++blk) {
+      const int64_t h = blk % H, off = blk * n * d;
+      T* gate_b = WITH_GATE ? gate + off : nullptr;
+      for_strips(
+          x + off, n, d, delta + h * d, sk.data() + h * d, floor_,
+          [&](int64_t j, const Strip<T>& st) {
+            forward_strip<T, WITH_GATE>(st, x + off + j, d, y + off + j, gate_b + j, d, n, stream);
+          },
+          [&](int64_t j, int64_t w) {
+            Tail<T>::gather(tail.in[0], x + off + j, n, d, w);
+            const Strip<T> st = tail.stats(delta + h * d + j, sk.data() + h * d + j, n, w, floor_);
+            forward_strip<T, WITH_GATE>(st, tail.in[0].data(), W, tail.out[0].data(), tail.out[1].data(), W, n, false);
+            Tail<T>::scatter(y + off + j, tail.out[0], n, d, w);
+            if (WITH_GATE) Tail<T>::scatter(gate_b + j, tail.out[1], n, d, w);
+          });
+    }
     if (stream) stream_fence();
   }
+}
+
+// acc[0, w) += v[0, w) in double, v: the strip's VECS vectors.
+template <typename T>
+inline void accumulate(double* __restrict acc, const Vec<T>* v, int64_t w) {
+  T vals[WIDTH<T>];
+  std::memcpy(vals, v, sizeof vals);
+#pragma omp simd
+  for (int64_t i = 0; i < w; ++i) acc[i] += double(vals[i]);
 }
 
 // With q = dy y and, per (b, h, feature), rk = r sqrt(kappa), P1 = sum_l q u, P2 = sum_l q u^2:
 //   g_delta = sum_b 2 rk P1,  g_xi = sum_b P2 / xi (2 P2 / xi for xi^2),  g_s = sign(s) r^2 P2,
 //   dx = dy G - 2 rk q u + (2 g_s / n) (x - mu) + (2 rk P1) / n.
-// In base 2 (a = rk sqrt(log2 e), u' = u sqrt(log2 e)): 2 rk P1 = 2 ln2 a P1', P2 = ln2 P2', 2 rk q u = 2 ln2 a q u'.
+// In base 2 (a = rk sqrt(log2 e), u' = u sqrt(log2 e)): 2 rk P1 = 2 ln2 a P1', P2 = ln2 P2', 2 rk q u = 2 ln2 a q u',
+// 2 g_s / n = cs P2'.
+// One strip: adds its g_delta and P2' (w features) to acc_gd, acc_p2; writes dx (rows at stride ldo) when gx is set.
+// buf: 2 VECS n vectors, dy G and q u' of every row, kept for the dx pass.
+template <typename T>
+inline void backward_strip(const Strip<T>& st, const T* x, const T* gy, int64_t ldx, T* gx, int64_t ldo, int64_t n,
+                           bool stream, Vec<T>* buf, double* acc_gd, double* acc_p2, int64_t w) {
+  constexpr int64_t L = LANES<T>;
+  const T inv_n = T(1) / T(n), ln2x2 = T(2 / LOG2E);
+  Vec<T> p1[VECS] = {}, p2[VECS] = {};
+  for (int64_t l = 0; l < n; ++l)
+    for (int k = 0; k < VECS; ++k) {
+      const Vec<T> v = load(x + l * ldx + k * L);
+      const Vec<T> u = v * st.ax[k] + st.c[k];
+      const Vec<T> gyg = load(gy + l * ldx + k * L) * exp2_nonpos(Vec<T>{} - u * u);
+      const Vec<T> qu = gyg * (v * u);
+      p1[k] += qu;
+      p2[k] += qu * u;
+      buf[(2 * l) * VECS + k] = gyg;
+      buf[(2 * l + 1) * VECS + k] = qu;
+    }
+  Vec<T> a2[VECS], gdb[VECS], cx[VECS], e[VECS];
+  for (int k = 0; k < VECS; ++k) {
+    a2[k] = ln2x2 * st.a[k];
+    gdb[k] = a2[k] * p1[k];  // g_delta of this b
+    cx[k] = st.cs[k] * p2[k];
+    e[k] = gdb[k] * inv_n - cx[k] * st.mu[k];
+  }
+  accumulate<T>(acc_gd, gdb, w);
+  accumulate<T>(acc_p2, p2, w);
+  if (!gx) return;
+  for (int64_t l = 0; l < n; ++l)
+    for (int k = 0; k < VECS; ++k)
+      put(gx + l * ldo + k * L,
+          buf[(2 * l) * VECS + k] - a2[k] * buf[(2 * l + 1) * VECS + k] + (cx[k] * load(x + l * ldx + k * L) + e[k]),
+          stream);
+}
+
 // The batch sums: tasks (batch chunk, head), the chunks fixed by the shape alone (about 32 tasks), each summing its
 // b in order into its own row of a partial-sum buffer; the rows are added in order at the end. The result is the same
 // for any number of threads.
-template <typename T, bool WITH_DX>
+template <typename T>
 void backward(const T* x, const T* gy, const T* delta, const T* xi, T* gx, T* g_delta, T* g_xi, int64_t B, int64_t H,
               int64_t n, int64_t d, double eps, bool squared, int threads) {
-  const T floor_ = T(1e-8 + eps), inv_n = T(1) / T(n), ln2 = T(1 / LOG2E);
+  constexpr int64_t W = WIDTH<T>;
+  const T floor_ = T(1e-8 + eps);
   const std::vector<T> sk = sqrt_kappa(xi, H * d, squared);
   const int64_t chunks = std::min(B, std::max<int64_t>(1, (32 + H - 1) / H)), per = (B + chunks - 1) / chunks;
   std::vector<double> part_gd(chunks * H * d, 0.0), part_p2(chunks * H * d, 0.0);
-  const bool stream = WITH_DX && 3 * B * H * n * d * int64_t(sizeof(T)) > STREAM_BYTES;
+  const bool stream = gx && use_streaming<T>(3, B * H * n * d, d, {gx});
 #pragma omp parallel num_threads(threads) if (B * H * n * d > 65536)
   {
-    // per thread: dy G and q u' of one tile of a block, kept for the dx pass
-    std::vector<T> gyg_buf(WITH_DX ? n * TILE : 0), qu_buf(WITH_DX ? n * TILE : 0);
-    T* gyg = gyg_buf.data();
-    T* qu = qu_buf.data();
-    const Streams<T> st{{x, gy}, stream ? nullptr : gx};
-    T dxt[TILE];
+    std::vector<Vec<T>> buf(2 * VECS * n);
+    Tail<T> tail(d % W ? n : 0);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < chunks * H; ++task) {
       const int64_t c = task / H, h = task % H;
       double* acc_gd = part_gd.data() + task * d;  // row (c, h)
       double* acc_p2 = part_p2.data() + task * d;
-      const int64_t b_end = std::min(B, (c + 1) * per);
-      for (int64_t b = c * per; b < b_end; ++b) {
+      for (int64_t b = c * per; b < std::min(B, (c + 1) * per); ++b) {
         const int64_t off = (b * H + h) * n * d;
-        const int64_t next = b + 1 < b_end ? off + H * n * d : -1;
-        for_tiles(st, off, next, n, d, floor_, sk.data() + h * d, [&](int64_t j0, int64_t w, const T* mu,
-                                                                       const T* r, const T* sgn, const T* a) {
-          const T* dl = delta + h * d + j0;
-          T p1[TILE], p2[TILE], a2[TILE], cx[TILE], e[TILE];
-#pragma omp simd
-          for (int64_t j = 0; j < w; ++j) p1[j] = p2[j] = T(0);
-          for (int64_t l = 0; l < n; ++l) {
-            const T* xl = x + off + l * d + j0;
-            const T* gl = gy + off + l * d + j0;
-            T* gyg_l = gyg + l * TILE;
-            T* qu_l = qu + l * TILE;
-#pragma omp simd
-            for (int64_t j = 0; j < w; ++j) {
-              const T u = ((xl[j] - mu[j]) - dl[j]) * a[j];
-              const T g = exp2_nonpos(-(u * u));
-              const T quj = gl[j] * (xl[j] * g) * u;
-              p1[j] += quj;
-              p2[j] += quj * u;
-              if (WITH_DX) {
-                gyg_l[j] = gl[j] * g;
-                qu_l[j] = quj;
-              }
-            }
-          }
-#pragma omp simd
-          for (int64_t j = 0; j < w; ++j) {
-            a2[j] = T(2) * ln2 * a[j];
-            const T gdb = a2[j] * p1[j];                                 // g_delta of this b
-            cx[j] = T(2) * ln2 * sgn[j] * r[j] * r[j] * p2[j] * inv_n;  // 2 g_s / n
-            e[j] = gdb * inv_n - cx[j] * mu[j];
-            acc_gd[j0 + j] += double(gdb);
-            acc_p2[j0 + j] += double(p2[j]);
-          }
-          if (!WITH_DX) return;
-          for (int64_t l = 0; l < n; ++l) {
-            const T* xl = x + off + l * d + j0;
-            const T* gyg_l = gyg + l * TILE;
-            const T* qu_l = qu + l * TILE;
-            T* dxl = stream ? dxt : gx + off + l * d + j0;
-#pragma omp simd
-            for (int64_t j = 0; j < w; ++j) dxl[j] = gyg_l[j] - a2[j] * qu_l[j] + cx[j] * xl[j] + e[j];
-            if (stream) stream_copy(gx + off + l * d + j0, dxt, w);
-          }
-        });
+        T* gx_b = gx ? gx + off : nullptr;
+        for_strips(
+            x + off, n, d, delta + h * d, sk.data() + h * d, floor_,
+            [&](int64_t j, const Strip<T>& st) {
+              backward_strip(st, x + off + j, gy + off + j, d, gx_b ? gx_b + j : nullptr, d, n, stream, buf.data(),
+                             acc_gd + j, acc_p2 + j, W);
+            },
+            [&](int64_t j, int64_t w) {
+              Tail<T>::gather(tail.in[0], x + off + j, n, d, w);
+              Tail<T>::gather(tail.in[1], gy + off + j, n, d, w);
+              const Strip<T> st = tail.stats(delta + h * d + j, sk.data() + h * d + j, n, w, floor_);
+              backward_strip(st, tail.in[0].data(), tail.in[1].data(), W, gx_b ? tail.out[0].data() : nullptr, W, n,
+                             false, buf.data(), acc_gd + j, acc_p2 + j, w);
+              if (gx_b) Tail<T>::scatter(gx_b + j, tail.out[0], n, d, w);
+            });
       }
-      if (stream) stream_fence();
     }
+    if (stream) stream_fence();
   }
   const double c_xi = (squared ? 2.0 : 1.0) / LOG2E;
   for (int64_t i = 0; i < H * d; ++i) {
@@ -314,15 +422,13 @@ void daam_forward_f64(const double* x, const double* delta, const double* xi, do
 void daam_backward_f32(const float* x, const float* gy, const float* delta, const float* xi, float* gx,
                        float* g_delta, float* g_xi, int64_t B, int64_t H, int64_t n, int64_t d, double eps,
                        int squared, int threads) {
-  (gx ? backward<float, true> : backward<float, false>)(x, gy, delta, xi, gx, g_delta, g_xi, B, H, n, d, eps,
-                                                        squared != 0, threads);
+  backward<float>(x, gy, delta, xi, gx, g_delta, g_xi, B, H, n, d, eps, squared != 0, threads);
 }
 
 void daam_backward_f64(const double* x, const double* gy, const double* delta, const double* xi, double* gx,
                        double* g_delta, double* g_xi, int64_t B, int64_t H, int64_t n, int64_t d, double eps,
                        int squared, int threads) {
-  (gx ? backward<double, true> : backward<double, false>)(x, gy, delta, xi, gx, g_delta, g_xi, B, H, n, d, eps,
-                                                          squared != 0, threads);
+  backward<double>(x, gy, delta, xi, gx, g_delta, g_xi, B, H, n, d, eps, squared != 0, threads);
 }
 
 }  // extern "C"
