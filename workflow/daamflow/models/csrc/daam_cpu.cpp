@@ -177,10 +177,19 @@ inline Strip<T> strip_stats(const T* x, int64_t ld, int64_t n, const T* delta, c
   return st;
 }
 
+// A buffer of `size` T of the calling thread (slot: which of its buffers), kept across calls: a fresh allocation of
+// this size would cost page faults on every call.
+template <typename T>
+T* scratch(int64_t size, int slot) {
+  thread_local std::vector<T> buffers[2];
+  if (int64_t(buffers[slot].size()) < size) buffers[slot].resize(size);
+  return buffers[slot].data();
+}
+
 // sqrt(kappa') for every (head, feature): kappa' = log2(e) kappa, kappa = 1 / (2 xi), or 1 / (2 xi^2) (prose formula).
 template <typename T>
-std::vector<T> sqrt_kappa(const T* __restrict xi, int64_t size, bool squared) {
-  std::vector<T> sk(size);
+const T* sqrt_kappa(const T* __restrict xi, int64_t size, bool squared) {
+  T* __restrict sk = scratch<T>(size, 0);
 #pragma omp simd
   for (int64_t i = 0; i < size; ++i) sk[i] = std::sqrt(T(0.5 * LOG2E) / (squared ? xi[i] * xi[i] : xi[i]));
   return sk;
@@ -273,7 +282,7 @@ void forward(const T* x, const T* delta, const T* xi, T* y, T* gate, int64_t B, 
              double eps, bool squared, int threads) {
   constexpr int64_t W = WIDTH<T>;
   const T floor_ = T(1e-8 + eps);
-  const std::vector<T> sk = sqrt_kappa(xi, H * d, squared);
+  const T* sk = sqrt_kappa(xi, H * d, squared);
   const bool stream = use_streaming<T>(WITH_GATE ? 3 : 2, B * H * n * d, d, {y, gate});
 #pragma omp parallel num_threads(threads) if (B * H * n * d > 65536)
   {
@@ -283,13 +292,13 @@ void forward(const T* x, const T* delta, const T* xi, T* y, T* gate, int64_t B, 
       const int64_t h = blk % H, off = blk * n * d;
       T* gate_b = WITH_GATE ? gate + off : nullptr;
       for_strips(
-          x + off, n, d, delta + h * d, sk.data() + h * d, floor_,
+          x + off, n, d, delta + h * d, sk + h * d, floor_,
           [&](int64_t j, const Strip<T>& st) {
             forward_strip<T, WITH_GATE>(st, x + off + j, d, y + off + j, gate_b + j, d, n, stream);
           },
           [&](int64_t j, int64_t w) {
             Tail<T>::gather(tail.in[0], x + off + j, n, d, w);
-            const Strip<T> st = tail.stats(delta + h * d + j, sk.data() + h * d + j, n, w, floor_);
+            const Strip<T> st = tail.stats(delta + h * d + j, sk + h * d + j, n, w, floor_);
             forward_strip<T, WITH_GATE>(st, tail.in[0].data(), W, tail.out[0].data(), tail.out[1].data(), W, n, false);
             Tail<T>::scatter(y + off + j, tail.out[0], n, d, w);
             if (WITH_GATE) Tail<T>::scatter(gate_b + j, tail.out[1], n, d, w);
@@ -351,16 +360,19 @@ inline void backward_strip(const Strip<T>& st, const T* x, const T* gy, int64_t 
 
 // The batch sums: tasks (batch chunk, head), the chunks fixed by the shape alone (about 32 tasks), each summing its
 // b in order into its own row of a partial-sum buffer; the rows are added in order at the end. The result is the same
-// for any number of threads.
+// for any number of threads. (A task's rows, 2 d doubles, stay in L1; taking the blocks in memory order instead would
+// sum into all H heads' rows, measured slower.)
 template <typename T>
 void backward(const T* x, const T* gy, const T* delta, const T* xi, T* gx, T* g_delta, T* g_xi, int64_t B, int64_t H,
               int64_t n, int64_t d, double eps, bool squared, int threads) {
   constexpr int64_t W = WIDTH<T>;
   const T floor_ = T(1e-8 + eps);
-  const std::vector<T> sk = sqrt_kappa(xi, H * d, squared);
+  const int64_t hd = H * d;
+  const T* sk = sqrt_kappa(xi, hd, squared);
   const int64_t chunks = std::min(B, std::max<int64_t>(1, (32 + H - 1) / H)), per = (B + chunks - 1) / chunks;
-  std::vector<double> part_gd(chunks * H * d, 0.0), part_p2(chunks * H * d, 0.0);
+  double* part = scratch<double>(2 * chunks * hd, 1);  // task t: g_delta row at 2 t d, P2' row after it
   const bool stream = gx && use_streaming<T>(3, B * H * n * d, d, {gx});
+  const double c_xi = (squared ? 2.0 : 1.0) / LOG2E;
 #pragma omp parallel num_threads(threads) if (B * H * n * d > 65536)
   {
     std::vector<Vec<T>> buf(2 * VECS * n);
@@ -368,13 +380,14 @@ void backward(const T* x, const T* gy, const T* delta, const T* xi, T* gx, T* g_
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < chunks * H; ++task) {
       const int64_t c = task / H, h = task % H;
-      double* acc_gd = part_gd.data() + task * d;  // row (c, h)
-      double* acc_p2 = part_p2.data() + task * d;
+      double* acc_gd = part + 2 * task * d;
+      double* acc_p2 = acc_gd + d;
+      std::fill(acc_gd, acc_gd + 2 * d, 0.0);
       for (int64_t b = c * per; b < std::min(B, (c + 1) * per); ++b) {
         const int64_t off = (b * H + h) * n * d;
         T* gx_b = gx ? gx + off : nullptr;
         for_strips(
-            x + off, n, d, delta + h * d, sk.data() + h * d, floor_,
+            x + off, n, d, delta + h * d, sk + h * d, floor_,
             [&](int64_t j, const Strip<T>& st) {
               backward_strip(st, x + off + j, gy + off + j, d, gx_b ? gx_b + j : nullptr, d, n, stream, buf.data(),
                              acc_gd + j, acc_p2 + j, W);
@@ -382,7 +395,7 @@ void backward(const T* x, const T* gy, const T* delta, const T* xi, T* gx, T* g_
             [&](int64_t j, int64_t w) {
               Tail<T>::gather(tail.in[0], x + off + j, n, d, w);
               Tail<T>::gather(tail.in[1], gy + off + j, n, d, w);
-              const Strip<T> st = tail.stats(delta + h * d + j, sk.data() + h * d + j, n, w, floor_);
+              const Strip<T> st = tail.stats(delta + h * d + j, sk + h * d + j, n, w, floor_);
               backward_strip(st, tail.in[0].data(), tail.in[1].data(), W, gx_b ? tail.out[0].data() : nullptr, W, n,
                              false, buf.data(), acc_gd + j, acc_p2 + j, w);
               if (gx_b) Tail<T>::scatter(gx_b + j, tail.out[0], n, d, w);
@@ -390,16 +403,17 @@ void backward(const T* x, const T* gy, const T* delta, const T* xi, T* gx, T* g_
       }
     }
     if (stream) stream_fence();
-  }
-  const double c_xi = (squared ? 2.0 : 1.0) / LOG2E;
-  for (int64_t i = 0; i < H * d; ++i) {
-    double gd = 0.0, p2 = 0.0;
-    for (int64_t c = 0; c < chunks; ++c) {
-      gd += part_gd[c * H * d + i];
-      p2 += part_p2[c * H * d + i];
-    }
-    g_delta[i] = T(gd);
-    g_xi[i] = T(p2 * c_xi / double(xi[i]));
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t j = 0; j < d; ++j) {  // rows (c, h) of every chunk c, in order
+        double gd = 0.0, p2 = 0.0;
+        for (int64_t c = 0; c < chunks; ++c) {
+          gd += part[2 * (c * H + h) * d + j];
+          p2 += part[(2 * (c * H + h) + 1) * d + j];
+        }
+        g_delta[h * d + j] = T(gd);
+        g_xi[h * d + j] = T(p2 * c_xi / double(xi[h * d + j]));
+      }
   }
 }
 
