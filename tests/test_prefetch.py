@@ -95,7 +95,8 @@ def test_a_reading_error_in_the_thread_is_raised_in_the_fold_with_its_message(st
     """Features with fewer rows than the index (a truncated store): the reader thread fails on the first missing
     row, and the fold raises that error."""
     short = store.features[:60]
-    with pytest.raises(IndexError, match="out of bounds for dimension 0 with size 60") as raised:
+    missing = r"rows \[\d+(, \d+)*\] are outside the feature store's 60 rows"
+    with pytest.raises(IndexError, match=missing) as raised:
         _run(store, _settings(), tmp_path, features=short)
     assert any(entry.name == "_read_ahead" for entry in raised.traceback)  # raised in the thread, not re-read
     assert not _readers()
@@ -119,15 +120,25 @@ def test_batches_come_in_the_rows_order_and_a_closed_reader_stops(store):
 
 
 @pytest.mark.parametrize("layers", [None, [2, 3, 0], [1]])
-def test_the_reader_reuses_free_buffers_and_never_overwrites_a_held_batch(store, layers):
-    """BatchReader casts rows (runs of consecutive layers) straight into reused float32 buffers: a batch nothing
-    holds any more gives its buffer to a later one; a batch still held, or a view of it, keeps its values."""
+@pytest.mark.parametrize("stage_units", [None, 3])
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_the_reader_reuses_free_buffers_and_never_overwrites_a_held_batch(store, monkeypatch, layers, stage_units,
+                                                                          in_memory):
+    """BatchReader gathers rows (or (row, layer) pieces) into reused float32 buffers, casting a float16 store through
+    a stage of STAGE_BYTES (``stage_units``: one of 3 rows or layers, so a batch takes several chunks) and gathering a
+    float32 one (``resident``) directly: a batch nothing holds any more gives its buffer to a later one; a batch still
+    held, or a view of it, keeps its values."""
+    features = resident(store.features)[0] if in_memory else store.features
+    if stage_units is not None:
+        unit = features[0].nbytes if layers is None else features[0, 0].nbytes
+        monkeypatch.setattr(prefetch, "STAGE_BYTES", stage_units * unit)
+
     def expected(rows):
         part = store.features[rows] if layers is None else store.features[np.ix_(rows, layers)]
         return torch.from_numpy(part.astype(np.float32))
 
     batches = [np.array([5, 80, 5, 17]), np.array([3, 0]), np.array([61, 62, 63, 64]), np.array([89, 1, 2, 40])]
-    reader = BatchReader(store.features, layers, 4, slots=2)
+    reader = BatchReader(features, layers, 4, slots=2)
     kept = reader.read(batches[0])  # held all along: its slot gets a new buffer when its turn comes again
     view = reader.read(batches[1])[:1]  # only a view of the batch held
     pointers = []
@@ -159,3 +170,9 @@ def test_the_benchmark_times_a_head_and_finds_prefetch_on_and_off_identical(tmp_
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("head ")]
     assert len(lines) == 4 and all("on==off True" in line for line in lines)
     assert "rows 80 " in lines[0] and "rows 32 " in lines[1]  # linear: the whole store; daam_v1: 1 + 1 batches
+
+
+def test_the_reader_refuses_layers_outside_the_store(store):
+    """A layer past the last would otherwise read the next row's first layer."""
+    with pytest.raises(IndexError, match=r"layers \[1, 4\] outside the store's 4 layers"):
+        BatchReader(store.features, [1, 4], 4, slots=1)

@@ -2,9 +2,9 @@
 
 At the paper's scale a store is tens of GB, memory-mapped (docs/architecture.md#2-feature-store), and every epoch of
 every head reads all of it. Read in the training thread, a batch's disk time and the model's time add up; here a
-thread reads the next ``depth`` batches while the model runs on the current one. numpy's gather out of the memory
-map (page faults included) and torch's float16 -> float32 cast release the GIL, as the model's kernels do, so the
-two overlap when a second core is free.
+thread reads the next ``depth`` batches while the model runs on the current one. torch's gathers out of the memory
+map (page faults included) and its float16 -> float32 casts release the GIL, as the model's kernels do, so the two
+overlap when a second core is free.
 
 A memory map alone reads a cold row in small synchronous page faults; the reader therefore tells the kernel which
 rows the next batch needs (``posix_fadvise(WILLNEED)``: read-ahead in the background) before it copies the current
@@ -28,6 +28,9 @@ import torch
 DEPTH = 2
 # a store whose float32 copy is at most this big is read into memory once per fold instead (``resident``)
 RESIDENT_BYTES = 256 * 2**20
+# float16 gathered per call before the cast: 1-4 MiB cost the same, a whole batch's stage (13 MB at the paper's
+# width) 40% more, one call per row 20x more on small rows (docs/architecture.md#2-feature-store)
+STAGE_BYTES = 2 * 2**20
 _POLL_S = 0.05  # how often a reader blocked on a full queue looks whether it was stopped
 
 
@@ -41,20 +44,6 @@ def resident(features: np.ndarray) -> tuple[np.ndarray, int]:
     return features, DEPTH
 
 
-def _spans(layers: list[int] | None, n_layers: int) -> list[tuple[int, int, int]]:
-    """The runs of consecutive store layers in ``layers`` (all ``n_layers`` when None), each as (first batch layer,
-    first store layer, count): a run is one contiguous span of a row, copied in one call."""
-    if layers is None:
-        return [(0, 0, n_layers)]
-    spans: list[tuple[int, int, int]] = []
-    for at, k in enumerate(layers):
-        if spans and spans[-1][1] + spans[-1][2] == k:
-            spans[-1] = (spans[-1][0], spans[-1][1], spans[-1][2] + 1)
-        else:
-            spans.append((at, k, 1))
-    return spans
-
-
 def _holders(t: torch.Tensor) -> int:
     """References to ``t``'s memory (the tensor, its views, autograd's saved inputs)."""
     return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
@@ -64,10 +53,10 @@ class BatchReader:
     """float32 ``features[rows]`` (only ``layers`` when given, in their order), for batches of up to ``batch_rows``
     rows, in ``slots`` reused buffers.
 
-    Each row (each run of consecutive layers) is cast straight out of the store by one torch copy into the batch's
-    float32 buffer: no float16 intermediate and no allocation per batch. That halves a batch's CPU against a numpy
-    gather cast into a new tensor, most of which was the allocation's page faults in a reading thread
-    (docs/architecture.md#2-feature-store has the measurements). Each copy releases the GIL.
+    A batch is gathered by ``torch.index_select`` (whole rows, or (row, layer) pieces with ``layers``) in chunks of
+    ``STAGE_BYTES`` into a small float16 stage, each cast into the batch's float32 buffer; a float32 store (``resident``)
+    is gathered into the buffer directly. No allocation per batch, a few calls per batch whatever the rows' size,
+    each releasing the GIL. docs/architecture.md#2-feature-store has the measurements against the alternatives.
 
     A buffer is reused only when nothing else holds its memory (``_holders``), so a batch still in use (kept by its
     caller, saved by autograd) is never overwritten: its slot gets a new buffer. With ``pin`` (for an asynchronous
@@ -77,11 +66,21 @@ class BatchReader:
 
     def __init__(self, features: np.ndarray, layers: list[int] | None, batch_rows: int, slots: int,
                  pin: bool = False) -> None:
+        n, n_layers, d = features.shape
+        if layers is not None and not all(0 <= k < n_layers for k in layers):
+            raise IndexError(f"BatchReader: layers {layers} outside the store's {n_layers} layers")
         with warnings.catch_warnings():  # a read-only memory map: the tensor is only ever read
             warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-            self.store = torch.from_numpy(np.asarray(features))
-        self.spans = _spans(layers, features.shape[1])
-        self.shape = (batch_rows, features.shape[1] if layers is None else len(layers), features.shape[2])
+            store = torch.from_numpy(np.asarray(features))
+        self.rows, self.n_layers = n, n_layers
+        self.layers = None if layers is None else torch.tensor(layers, dtype=torch.int64)
+        # the units gathered: whole rows, or one layer of one row each
+        self.units = store.view(n, n_layers * d) if layers is None else store.view(n * n_layers, d)
+        per_batch = batch_rows * (1 if layers is None else len(layers))
+        self.chunk = max(1, min(per_batch, STAGE_BYTES // max(1, self.units[0].nbytes)))
+        self.stage = None if store.dtype == torch.float32 else \
+            torch.empty((self.chunk, self.units.shape[1]), dtype=store.dtype)
+        self.shape = (batch_rows, n_layers if layers is None else len(layers), d)
         self.pin = pin
         self.slots: list[tuple[torch.Tensor, int] | None] = [None] * slots
         self.next = 0
@@ -97,11 +96,22 @@ class BatchReader:
         return slot[0][:n]
 
     def read(self, rows: np.ndarray) -> torch.Tensor:
+        rows = np.asarray(rows, dtype=np.int64)
         out = self._buffer(len(rows))
-        for at, r in enumerate(np.asarray(rows).tolist()):
-            row = self.store[r]
-            for first, start, count in self.spans:
-                out[at, first:first + count].copy_(row[start:start + count])
+        index = torch.from_numpy(rows)
+        if self.layers is not None:
+            index = (index[:, None] * self.n_layers + self.layers).reshape(-1)
+        units = out.view(len(index), -1)
+        try:
+            for start in range(0, len(index), self.chunk):  # (Tensor.split costs 4x these slices)
+                part, into = index[start:start + self.chunk], units[start:start + self.chunk]
+                if self.stage is None:
+                    torch.index_select(self.units, 0, part, out=into)
+                else:
+                    into.copy_(torch.index_select(self.units, 0, part, out=self.stage[:len(part)]))
+        except IndexError as err:  # torch names no index: name the rows
+            bad = rows[(rows < 0) | (rows >= self.rows)]
+            raise IndexError(f"rows {bad[:8].tolist()} are outside the feature store's {self.rows} rows") from err
         return out
 
 
