@@ -1,6 +1,7 @@
 """DAAM(kernel="fast"), the C++ kernel of daamflow.models._kernels, against the eager reference path."""
 from __future__ import annotations
 
+import platform
 import warnings
 
 import numpy as np
@@ -70,8 +71,7 @@ def test_fast_matches_eager_in_float64(shape):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_fast_float32_is_as_accurate_as_eager_float32(shape):
+def _assert_float32_as_accurate_as_eager(shape):
     """Both float32 paths against the float64 result: the kernel's error is at most a little above eager's."""
     b, n, d, heads, squared = shape
     eager, fast = _pair(n, d, heads, squared, torch.float64)
@@ -86,6 +86,11 @@ def test_fast_float32_is_as_accurate_as_eager_float32(shape):
         ]
     for name, e_fast, e_eager in zip(("y", "dx", "g_delta", "g_xi", "gate"), errors["fast"], errors["eager"]):
         assert e_fast <= 4 * e_eager + 1e-6, f"{name}: fast error {e_fast:.2e}, eager {e_eager:.2e}"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fast_float32_is_as_accurate_as_eager_float32(shape):
+    _assert_float32_as_accurate_as_eager(shape)
 
 
 @pytest.mark.parametrize("squared", [False, True])
@@ -223,11 +228,13 @@ def test_float32_gate_is_exp2_to_a_few_ulp():
     assert (err <= 5e-7 + 5e-7 * t_true.unsqueeze(0)).all(), f"max log2 error {err.max().item():.2e}"
 
 
-def test_streaming_stores_of_large_calls_write_the_same_values():
+@pytest.mark.parametrize("d", [1024, 1001])
+def test_large_calls_write_the_same_values_as_small_ones(d):
     """A call whose tensors exceed the kernel's cache-size threshold (32 MiB) writes y and dx with non-temporal stores
-    (rows here start at every alignment: d = 1001): the same values, bit for bit, as the same blocks in small calls."""
-    _, fast = _pair(24, 1001, 8, False, torch.float32)
-    x, gy = torch.randn(180, 24, 1001), torch.randn(180, 24, 1001)  # x + y: 34.6 MB
+    where every row is vector-aligned (d = 1024) and with plain stores otherwise (d = 1001): the same values, bit for
+    bit, as the same blocks in small calls."""
+    _, fast = _pair(24, d, 8, False, torch.float32)
+    x, gy = torch.randn(180, 24, d), torch.randn(180, 24, d)  # x + y: 35 MB
 
     def y_dx(xs, gys):
         xs = xs.clone().requires_grad_()
@@ -239,6 +246,41 @@ def test_streaming_stores_of_large_calls_write_the_same_values():
     parts = [y_dx(x[i : i + 20], gy[i : i + 20]) for i in range(0, 180, 20)]
     for k, name in enumerate(("y", "dx")):
         assert torch.equal(whole[k], torch.cat([p[k] for p in parts])), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gate_underflows_to_zero_without_nan(dtype):
+    """Scores whose 2^(-u'^2) is subnormal or below (u'^2 from 130 to past the float32 range, and an infinite offset):
+    the gate is that small, never NaN, and y is x times about 0 as on the eager path (heads of one layer:
+    u' = -delta r sqrt(kappa'))."""
+    eager, fast = _pair(4, 6, 4, False, dtype)
+    r2 = 1.0 / (1e-8 + fast.eps)
+    t = torch.tensor([130.0, 149.0, 200.0, 1e6, 1e39, float("inf")], dtype=torch.float64)
+    with torch.no_grad():
+        for module in (eager, fast):
+            module.scaled_variance.fill_(1.0)
+            module.mean_offset.copy_((t / (r2 * 0.5 / np.log(2.0))).sqrt().expand(4, 6))
+    x = torch.randn(3, 4, 6, dtype=dtype)
+    gate = fast.density(x)
+    assert not gate.isnan().any() and (gate >= 0).all() and (gate <= 2.0**-125).all()
+    torch.testing.assert_close(fast(x), eager(x), rtol=0, atol=1e-37)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="targets of x86-64 only")
+@pytest.mark.parametrize("march", ["x86-64-v3", "x86-64"])
+def test_builds_for_cpus_without_avx512(march, monkeypatch, tmp_path):
+    """The kernel has AVX-512 code paths; its portable ones (AVX2, SSE2) are built here for an older x86 target and
+    checked against eager as the native build is."""
+    monkeypatch.setattr(_kernels, "FLAGS", tuple(f"-march={march}" if f == "-march=native" else f for f in _kernels.FLAGS))
+    monkeypatch.setenv("DAAMFLOW_KERNEL_CACHE", str(tmp_path))
+    _kernels.load.cache_clear()
+    try:
+        assert _kernels.unavailable_reason() is None
+        shape = (7, 24, 300, 8, False)
+        test_fast_matches_eager_in_float64(shape)
+        _assert_float32_as_accurate_as_eager(shape)
+    finally:
+        _kernels.load.cache_clear()
 
 
 def test_training_with_the_fast_kernel_follows_the_eager_run(store, tmp_path):  # noqa: F811
