@@ -358,10 +358,13 @@ inline void backward_strip(const Strip<T>& st, const T* x, const T* gy, int64_t 
           stream);
 }
 
-// The batch sums: tasks (batch chunk, head), the chunks fixed by the shape alone (about 32 tasks), each summing its
-// b in order into its own row of a partial-sum buffer; the rows are added in order at the end. The result is the same
-// for any number of threads. (A task's rows, 2 d doubles, stay in L1; taking the blocks in memory order instead would
-// sum into all H heads' rows, measured slower.)
+// The batch sums: tasks (batch chunk, head), the chunks fixed by the shape alone (about 32 tasks, each of at least
+// CHUNK_ROWS rows of x per feature, so that zeroing and adding up its partial row costs little next to its work), each
+// summing its b in order into its own row of a partial-sum buffer; the rows are added in order at the end. The result
+// is the same for any number of threads. (A task's rows, 2 d doubles, stay in L1; taking the blocks in memory order
+// instead would sum into all H heads' rows, measured slower.)
+constexpr int64_t CHUNK_ROWS = 32;
+
 template <typename T>
 void backward(const T* x, const T* gy, const T* delta, const T* xi, T* gx, T* g_delta, T* g_xi, int64_t B, int64_t H,
               int64_t n, int64_t d, double eps, bool squared, int threads) {
@@ -369,7 +372,8 @@ void backward(const T* x, const T* gy, const T* delta, const T* xi, T* gx, T* g_
   const T floor_ = T(1e-8 + eps);
   const int64_t hd = H * d;
   const T* sk = sqrt_kappa(xi, hd, squared);
-  const int64_t chunks = std::min(B, std::max<int64_t>(1, (32 + H - 1) / H)), per = (B + chunks - 1) / chunks;
+  const int64_t chunks = std::max<int64_t>(1, std::min({B, (32 + H - 1) / H, B * n / CHUNK_ROWS}));
+  const int64_t per = (B + chunks - 1) / chunks;
   double* part = scratch<double>(2 * chunks * hd, 1);  // task t: g_delta row at 2 t d, P2' row after it
   const bool stream = gx && use_streaming<T>(3, B * H * n * d, d, {gx});
   const double c_xi = (squared ? 2.0 : 1.0) / LOG2E;
