@@ -2,8 +2,10 @@
 //
 // The same mathematics as daamflow.models.daam._DAAMFunction (its docstring has the formulas; docs/paper-notes.md
 // section 1.2-1.5 the model), organised for memory traffic and registers: each (b, h) block (n x d, contiguous) is
-// taken in strips of one SIMD vector of features (LANES: 16 float32, 8 float64). A strip's n rows are read once from
+// taken in strips of VECS SIMD vectors of features (32 float32 with AVX-512). A strip's n rows are read once from
 // memory and stay in L1; its per-feature statistics live in registers while every output of the strip is computed.
+// The cost is then the arithmetic per element (about 13 vector operations forward, 20 backward, most of them the 2^x),
+// which the float32 code keeps low with AVX-512 where the CPU has it (exp2_nonpos, inv_sqrt).
 // The forward writes y (and the gate G only when asked); the backward re-reads x (nothing but x is saved: the
 // statistics are recomputed), reads dy and writes dx. That is the traffic floor: 2 + 3 tensors (large calls write
 // with streaming stores, which spare the read a normal store makes first).
@@ -163,15 +165,17 @@ inline Strip<T> strip_stats(const T* x, int64_t ld, int64_t n, const T* delta, c
       s1[k] += v;
       s2[k] += v * v;
     }
+  typedef std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t> Bits __attribute__((vector_size(VEC_BYTES)));
+  const Vec<T> zero = {}, one = splat(T(1)), abs_mask = (Vec<T>)((Bits{} - 1) >> 1);
   Strip<T> st;
   for (int k = 0; k < VECS; ++k) {
-    const Vec<T> sn = s2[k] - (s1[k] * s1[k]) * inv_n, zero = {}, one = splat(T(1));
-    const Vec<T> r = inv_sqrt<T>((sn < zero ? -sn : sn) * inv_n + floor_);
+    const Vec<T> sn = s2[k] - (s1[k] * s1[k]) * inv_n;
+    const Vec<T> r = inv_sqrt<T>((Vec<T>)((Bits)sn & (Bits)abs_mask) * inv_n + floor_);
     const Vec<T> dl = load(delta + k * L);
     st.mu[k] = s1[k] * inv_n;
     st.a[k] = r * load(sk + k * L);
     st.ax[k] = n > 1 ? st.a[k] : zero;
-    st.c[k] = zero - (n > 1 ? st.mu[k] + dl : dl) * st.a[k];
+    st.c[k] = zero - (n > 1 ? s1[k] * inv_n + dl : dl) * st.a[k];
     st.cs[k] = (sn > zero ? one : (sn < zero ? -one : zero)) * (r * r) * (T(2 / LOG2E) * inv_n);
   }
   return st;
@@ -198,7 +202,7 @@ const T* sqrt_kappa(const T* __restrict xi, int64_t size, bool squared) {
 // A call whose tensors (inputs and outputs) exceed this many bytes, a common last-level cache size, writes its output
 // with non-temporal stores: the output would leave the cache before anything reads it, and a normal store first reads
 // each line it writes (one more tensor of traffic). Smaller calls (a training batch) leave the output in cache.
-// Streaming needs every vector 64-byte aligned: the outputs aligned and d a multiple of WIDTH.
+// Streaming needs every vector aligned: the outputs 64-byte aligned and d a multiple of WIDTH.
 constexpr int64_t STREAM_BYTES = int64_t(32) << 20;
 
 template <typename T>
@@ -215,8 +219,9 @@ inline void stream_fence() {
 }
 
 // One (b, h) block, n x d: the strips of its full WIDTHs in order, each as body(j, stats), the statistics of the next
-// strip computed before the current strip's rows, so that their square roots and divisions (long latency) overlap
-// those rows instead of stalling the next strip; then the last w < WIDTH features, if any, as tail(j, w).
+// strip computed before the current strip's rows, so that their long dependency chain (the sums over the rows, the
+// inverse square root) overlaps those rows instead of stalling the next strip; then the last w < WIDTH features, if
+// any, as tail(j, w).
 // x: the block's x; delta, sk: its head's delta and sqrt(kappa').
 template <typename T, typename Body, typename TailBody>
 inline void for_strips(const T* x, int64_t n, int64_t d, const T* delta, const T* sk, T floor_, Body body,
@@ -290,18 +295,18 @@ void forward(const T* x, const T* delta, const T* xi, T* y, T* gate, int64_t B, 
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < B * H; ++blk) {
       const int64_t h = blk % H, off = blk * n * d;
-      T* gate_b = WITH_GATE ? gate + off : nullptr;
       for_strips(
           x + off, n, d, delta + h * d, sk + h * d, floor_,
           [&](int64_t j, const Strip<T>& st) {
-            forward_strip<T, WITH_GATE>(st, x + off + j, d, y + off + j, gate_b + j, d, n, stream);
+            forward_strip<T, WITH_GATE>(st, x + off + j, d, y + off + j, WITH_GATE ? gate + off + j : nullptr, d, n,
+                                        stream);
           },
           [&](int64_t j, int64_t w) {
             Tail<T>::gather(tail.in[0], x + off + j, n, d, w);
             const Strip<T> st = tail.stats(delta + h * d + j, sk + h * d + j, n, w, floor_);
             forward_strip<T, WITH_GATE>(st, tail.in[0].data(), W, tail.out[0].data(), tail.out[1].data(), W, n, false);
             Tail<T>::scatter(y + off + j, tail.out[0], n, d, w);
-            if (WITH_GATE) Tail<T>::scatter(gate_b + j, tail.out[1], n, d, w);
+            if (WITH_GATE) Tail<T>::scatter(gate + off + j, tail.out[1], n, d, w);
           });
     }
     if (stream) stream_fence();
