@@ -1,6 +1,6 @@
 """Benchmark DAAM forward+backward on CPU against the released code's per-head loop and a memory roofline.
 
-    python benchmarks/bench_daam.py [--threads 1 2] [--repeats 5] [--compile]
+    python benchmarks/bench_daam.py [--threads 1 2] [--repeats 5] [--compile] [--variants loop fast ...]
 
 For each thread count and shape, float32, DAAMv1 (8 heads):
   * loop      - the released code's way (one DAAM module per head, Python loop, torch autograd), written out here;
@@ -10,6 +10,7 @@ For each thread count and shape, float32, DAAMv1 (8 heads):
   * fast, fast-nodx - DAAM(kernel="fast"): the C++/OpenMP kernel (daamflow.models._kernels; skipped, with the
     reason, where it cannot be built);
   * compiled  - opt-in (--compile): torch.compile of the vectorised formula, with its compile cost.
+``--variants`` times only the ones named (loop always: the ratios are to it), e.g. a short run on a shared machine.
 The roofline is the unavoidable traffic (forward reads x and writes y; backward reads x and dy and writes dx:
 5 tensors of B*N*d float32; 4 without dx) divided by the copy bandwidth measured here on a large tensor (same thread
 count); "roofline/this" is the share of that bound a variant reaches.
@@ -30,6 +31,9 @@ from daamflow.models.daam import DAAM
 
 SHAPES = ((256, 24, 1024), (32, 40, 5120))
 HEADS = 8
+# Untimed calls first: the first-call dispatch, and the allocator: glibc serves blocks of this size (25 MB) with fresh
+# mmaps, page-faulted in on every call (measured +12 ms a call here), until a few frees have raised its mmap threshold.
+WARMUP = 5
 
 
 def loop_daam(x: torch.Tensor, mean_offset: torch.Tensor, c: torch.Tensor, heads: int, eps: float = 1e-5):
@@ -73,8 +77,9 @@ def _time(fn: Callable[[], object]) -> tuple[float, float]:
 
 
 def bench(step: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Minimum wall and minimum CPU time over ``repeats`` calls after one warm-up call."""
-    step()  # warm-up (allocator, first-call dispatch)
+    """Minimum wall and minimum CPU time over ``repeats`` calls after WARMUP untimed ones."""
+    for _ in range(WARMUP):
+        step()
     runs = [_time(step) for _ in range(repeats)]
     return min(r[0] for r in runs), min(r[1] for r in runs)
 
@@ -85,6 +90,7 @@ def main() -> None:
                         help="torch intra-op thread counts, each run in turn")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (minimum is reported)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the vectorised formula")
+    parser.add_argument("--variants", nargs="+", help="time only these variants (and loop)")
     args = parser.parse_args()
     if _kernels.unavailable_reason():
         print(f"fast kernel skipped: {_kernels.unavailable_reason()}")
@@ -95,10 +101,10 @@ def main() -> None:
         bandwidth = copy_bandwidth(args.repeats)
         print(f"\ntorch {torch.__version__}, {threads} threads, copy bandwidth {bandwidth / 1e9:.1f} GB/s")
         for shape in SHAPES:
-            run_shape(shape, bandwidth, args.repeats, compiled)
+            run_shape(shape, bandwidth, args.repeats, compiled, args.variants)
 
 
-def run_shape(shape: tuple[int, int, int], bandwidth: float, repeats: int, compiled) -> None:
+def run_shape(shape: tuple[int, int, int], bandwidth: float, repeats: int, compiled, only: list[str] | None) -> None:
     """Time every variant on one shape and print its lines."""
     b, n, d = shape
     module = DAAM(n, d, num_heads=HEADS)
@@ -128,6 +134,8 @@ def run_shape(shape: tuple[int, int, int], bandwidth: float, repeats: int, compi
     }
     if _kernels.unavailable_reason() is None:
         variants.update({"fast": step(lambda: fast(x)), "fast-nodx": step(lambda: fast(x.detach()))})
+    if only:
+        variants = {name: fn for name, fn in variants.items() if name == "loop" or name in only}
     roofline = 5 * x.numel() * x.element_size() / bandwidth
     times = {name: bench(fn, repeats) for name, fn in variants.items()}
     if compiled is not None:
