@@ -218,19 +218,35 @@ inline void stream_fence() {
 #endif
 }
 
+// Software prefetch AHEAD bytes ahead in each row of a block's input tensors (x, and dy in the backward), past a row's
+// end into the same row of the block processed next (`next` elements on; 0: none). A row of a common size (1024 float32)
+// is one 4 KiB page, at whose end the hardware prefetcher stops: measured 19 % off the forward, 11 % off the backward
+// at (256, 24, 1024), one thread (1 and 4 KiB ahead: less).
+constexpr int64_t AHEAD = 2048;
+
+template <typename T>
+struct Ahead {
+  const T* in[2];
+  int64_t next;
+};
+
 // One (b, h) block, n x d: the strips of its full WIDTHs in order, each as body(j, stats), the statistics of the next
 // strip computed before the current strip's rows, so that their long dependency chain (the sums over the rows, the
 // inverse square root) overlaps those rows instead of stalling the next strip; then the last w < WIDTH features, if
-// any, as tail(j, w).
-// x: the block's x; delta, sk: its head's delta and sqrt(kappa').
+// any, as tail(j, w). x: the block's x; delta, sk: its head's delta and sqrt(kappa').
 template <typename T, typename Body, typename TailBody>
-inline void for_strips(const T* x, int64_t n, int64_t d, const T* delta, const T* sk, T floor_, Body body,
-                       TailBody tail) {
+inline void for_strips(const T* x, int64_t n, int64_t d, const T* delta, const T* sk, T floor_, const Ahead<T>& ahead,
+                       Body body, TailBody tail) {
   constexpr int64_t W = WIDTH<T>;
   const int64_t full = d - d % W;
   Strip<T> next;
   if (full) next = strip_stats(x, d, n, delta, sk, floor_);
   for (int64_t j = 0; j < full; j += W) {
+    const int64_t at = j + AHEAD / int64_t(sizeof(T)), at_off = at < d ? at : ahead.next + at - d;
+    for (const T* in : ahead.in)
+      if (in)
+        for (int64_t l = 0; l < n; ++l)
+          for (int64_t i = 0; i < W; i += 64 / int64_t(sizeof(T))) __builtin_prefetch(in + at_off + l * d + i);
     const Strip<T> st = next;
     if (j + W < full) next = strip_stats(x + j + W, d, n, delta + j + W, sk + j + W, floor_);
     body(j, st);
@@ -296,7 +312,7 @@ void forward(const T* x, const T* delta, const T* xi, T* y, T* gate, int64_t B, 
     for (int64_t blk = 0; blk < B * H; ++blk) {
       const int64_t h = blk % H, off = blk * n * d;
       for_strips(
-          x + off, n, d, delta + h * d, sk + h * d, floor_,
+          x + off, n, d, delta + h * d, sk + h * d, floor_, Ahead<T>{{x + off, nullptr}, blk + 1 < B * H ? n * d : 0},
           [&](int64_t j, const Strip<T>& st) {
             forward_strip<T, WITH_GATE>(st, x + off + j, d, y + off + j, WITH_GATE ? gate + off + j : nullptr, d, n,
                                         stream);
@@ -397,6 +413,7 @@ void backward(const T* x, const T* gy, const T* delta, const T* xi, T* gx, T* g_
         T* gx_b = gx ? gx + off : nullptr;
         for_strips(
             x + off, n, d, delta + h * d, sk + h * d, floor_,
+            Ahead<T>{{x + off, gy + off}, b + 1 < std::min(B, (c + 1) * per) ? H * n * d : 0},
             [&](int64_t j, const Strip<T>& st) {
               backward_strip(st, x + off + j, gy + off + j, d, gx_b ? gx_b + j : nullptr, d, n, stream, buf.data(),
                              acc_gd + j, acc_p2 + j, W);
