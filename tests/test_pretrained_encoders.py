@@ -11,7 +11,7 @@ from transformers import AutoModel
 from daamflow.config import ConfigError, load_config
 from daamflow.data.datasets import prepare
 from daamflow.data.encoders import encoder_name, load_processor, materialise, read_encoder_info
-from daamflow.data.pretrain import images, resolve, speech
+from daamflow.data.pretrain import images, resolve, selection, speech
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 BEIT = {"kind": "tiny", "arch": "beit", "seed": 3, "config": SMALL,
@@ -119,6 +119,38 @@ def test_beit_pretraining_images_are_disjoint_from_the_sample(fashion):
     assert len(sample) == 20 * 10 and manifest["source"] == "fashion_mnist"
     assert not sample & set(picked.tolist()) and len(picked) == 50_000 == len(set(picked.tolist()))
     assert data["excluded"][0]["excluded_train_images"] == 200 and data["pool"] == 60_000 - 200
+
+
+def test_validation_images_are_disjoint_from_the_sample(fashion):
+    import pandas as pd
+
+    draws = dict(draws=3, per_class_train=4, per_class_test=2)
+    _, labels, splits = selection.validation_draws([fashion], **draws)
+    sample = {int(i.rsplit("-", 1)[1]) for i in pd.read_csv(fashion / "manifest.csv")["id"] if "-test-" in i}
+    used = np.concatenate([np.concatenate(s) for s in splits])
+    assert len(sample) == 5 * 10 and not sample & set(used.tolist()) and len(set(used.tolist())) == 3 * 60
+    for fit, scored in splits:  # balanced per class, as the demo sample
+        assert np.bincount(labels[fit]).tolist() == [4] * 10 and np.bincount(labels[scored]).tolist() == [2] * 10
+    again = selection.validation_draws([fashion], **draws)[2]  # the same images for every recipe compared
+    assert all((a == b).all() for s, t in zip(splits, again) for a, b in zip(s, t))
+
+
+def test_validation_features_are_the_embed_steps(beit, fashion, tmp_path):
+    # the selection scores what the demo's probe reads: the embed step's pooled block outputs
+    from daamflow.data.embed import embed
+    from daamflow.data.features import load_store
+
+    store = load_store(embed(fashion, beit[0], tmp_path / "store", progress=False))
+    index = __import__("pandas").read_csv(fashion / "manifest.csv")["image_index"]
+    ours = selection.pooled_features(beit[0], np.load(fashion / "images.npy")[index])
+    np.testing.assert_allclose(ours, store.features, rtol=2e-3, atol=2e-3)
+
+
+def test_validation_probe_reads_the_features(beit, fashion):
+    result = selection.validation_probe(beit[0], [fashion], draws=2, per_class_train=10, per_class_test=5)
+    assert len(result["by_layer"]) == 2 and result["best"] == max(result["by_layer"])
+    assert result["draws"] == 2 and result["scored_per_draw"] == 50
+    assert result["best"] > 0.3  # far above chance (0.1): the features carry the class
 
 
 def test_wavlm_pretraining(tmp_path, prosody):

@@ -18,6 +18,9 @@ only the official training split is used; espeak: every sentence and voice of th
 
 ``encoder.json`` records under ``pretraining`` the objective, data (source, counts, digests of the excluded
 manifests), seed, steps, settings, wall time and the loss curve. Everything is deterministic for a seed (one thread).
+
+The demo's BEiT recipe was chosen with a validation probe on Fashion-MNIST images outside both the pretraining
+images and the evaluation sample (``selection.py``), never with the evaluation's own probe.
 """
 
 from __future__ import annotations
