@@ -55,8 +55,10 @@ class BatchReader:
 
     A batch is gathered by ``torch.index_select`` (whole rows, or (row, layer) pieces with ``layers``) in chunks of
     ``STAGE_BYTES`` into a small float16 stage, each cast into the batch's float32 buffer; a float32 store (``resident``)
-    is gathered into the buffer directly. No allocation per batch, a few calls per batch whatever the rows' size,
-    each releasing the GIL. docs/architecture.md#2-feature-store has the measurements against the alternatives.
+    is gathered into the buffer directly. No allocation per batch (a new tensor per batch, allocated in the reading
+    thread, page-faulted its memory anew: an epoch with the thread took 4-7x the minor faults of one without), a few
+    calls per batch whatever the rows' size, each releasing the GIL. docs/architecture.md#2-feature-store has the
+    measurements against the alternatives.
 
     A buffer is reused only when nothing else holds its memory (``_holders``), so a batch still in use (kept by its
     caller, saved by autograd) is never overwritten: its slot gets a new buffer. With ``pin`` (for an asynchronous
