@@ -29,6 +29,7 @@ from daamflow.run.lora_settings import PROJECTION_NAMES
 RELEASED_FROZEN_HEAD = {"audio": "projector", "text": "all", "image": "none"}
 RELEASED_PROJECTOR = 256
 HEAD_INIT_STD = 0.02  # transformers' initializer_range: how the released (HF) heads were initialised
+FEATURE_CACHE_BYTES = 256 * 2**20  # a fold keeps its clips' frozen conv features up to this size (the demo: ~1 MB)
 
 
 def build_model(encoder_dir: Path | str, settings: dict, num_classes: int, dev: torch.device | None = None,
@@ -158,6 +159,53 @@ def load_adapter_state(model: torch.nn.ModuleDict, state: dict) -> None:
         raise RuntimeError(f"adapter state does not fit the model: unexpected {unexpected[:5]}, missing {absent[:5]}")
 
 
+class CachedFeatureEncoder(nn.Module):
+    """A wav2vec2-family model's frozen conv feature encoder whose output for a clip is computed once per fold and
+    reused by every later epoch and evaluation pass (docs/architecture.md#9-timings).
+
+    Each clip goes through the convs on its own valid samples; the frames of the padded batch past its end are
+    zeros. That changes nothing the model reads: it is only used for models given an attention mask, whose encoder
+    zeroes those frames before anything else sees them, and with per-frame layer norms (``feat_extract_norm:
+    layer``), so a frame depends on its receptive field alone. ``batch`` holds the next call's rows and valid samples
+    (``Inputs.pooled`` sets it)."""
+
+    def __init__(self, inner: nn.Module, output_lengths) -> None:
+        super().__init__()
+        self.inner, self.output_lengths = inner, output_lengths
+        self.cache: dict[int, torch.Tensor] = {}
+        self.batch: tuple[np.ndarray, np.ndarray] | None = None
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        rows, valid = self.batch
+        for i, row in enumerate(rows.tolist()):
+            if row not in self.cache:
+                with torch.no_grad():
+                    self.cache[row] = self.inner(input_values[i:i + 1, :int(valid[i])])[0]
+        frames = int(self.output_lengths(torch.tensor(input_values.shape[1])))
+        channels = self.cache[int(rows[0])].shape[0]
+        out = input_values.new_zeros((len(rows), channels, frames))
+        for i, row in enumerate(rows.tolist()):
+            out[i, :, :self.cache[row].shape[1]] = self.cache[row]
+        return out
+
+
+def cache_features(base: nn.Module, pipeline, modality: str) -> CachedFeatureEncoder | None:
+    """Put a ``CachedFeatureEncoder`` in place of ``base``'s conv feature encoder when its output cannot depend on
+    the batch (see there), the encoder is frozen and the fold's features fit ``FEATURE_CACHE_BYTES``; else None."""
+    inner = getattr(base, "feature_extractor", None)
+    lengths_of = getattr(base, "_get_feat_extract_output_lengths", None)
+    if (modality != "audio" or inner is None or lengths_of is None
+            or getattr(base.config, "feat_extract_norm", None) != "layer"
+            or not getattr(pipeline.extractor, "return_attention_mask", False)
+            or any(p.requires_grad for p in inner.parameters())):
+        return None
+    frames = int(lengths_of(torch.as_tensor(pipeline.lengths)).sum())
+    if frames * base.config.conv_dim[-1] * 4 > FEATURE_CACHE_BYTES:
+        return None
+    base.feature_extractor = CachedFeatureEncoder(inner, lengths_of)
+    return base.feature_extractor
+
+
 class Inputs:
     """Batches of prepared samples for the model: embed's input pipelines and its pooling rule (the encoder folder's
     spec: ``pooling`` mean or last_token, checked as the embed step checks it).
@@ -178,6 +226,7 @@ class Inputs:
         self.pipeline = make_inputs(modality, df, data_dir, load_processor(encoder_dir, modality), base.config,
                                     max_length if modality == "text" else None)
         self.at_padding = at_padding
+        self.features = cache_features(base, self.pipeline, modality)
         # decoders (Llama) would otherwise fill a key/value cache as large as the hidden states, for nothing
         self.options = {"use_cache": False} if "use_cache" in inspect.signature(base.forward).parameters else {}
 
@@ -194,6 +243,8 @@ class Inputs:
                dtype: torch.dtype) -> torch.Tensor:
         """Encoder → its last hidden state pooled by embed's rule (float32); at_padding: the last position, as is."""
         feed, mask = self.feed(rows)
+        if self.features is not None:
+            self.features.batch = (rows, mask.sum(dim=1).numpy())
         hidden = model["encoder"](**self.pipeline.to_device(feed, dev, dtype), **self.options).last_hidden_state
         if self.at_padding:
             return hidden[:, -1]
