@@ -14,6 +14,9 @@ rule prepare:
     log:
         log_file("prepare", "{dataset}"),
     threads: 2
+    # the feature roots first: otherwise the greedy scheduler finishes one dataset before preparing the next, and a
+    # 2-thread prepare waits for a 1-thread encoder pretraining while a core idles (docs/architecture.md#9-timings)
+    priority: 10
     resources:
         mem_mb=2000,
         runtime=30,
@@ -39,6 +42,7 @@ rule encoder:
         "../envs/daamflow.yaml"
     log:
         log_file("encoder", "{encoder}"),
+    priority: 10
     resources:
         mem_mb=2000,
         runtime=30,

@@ -24,6 +24,7 @@ rule embed:
     log:
         log_file("embed", "{dataset}_{encoder}"),
     threads: config["threads"]
+    priority: 10  # with prepare and encoder: every dataset's features before the heads (rules/data.smk)
     resources:
         **dataset_resources("embed", mem_mb=4000, runtime=60),
         # decoding processes beside the encoder: a resource, not a param, as they do not change the features (a
