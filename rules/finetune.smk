@@ -22,6 +22,7 @@ rule finetune:
     log:
         log_file("finetune", RUN),
     threads: config["threads"]
+    priority: 5  # the longest jobs next after the features, so that a run does not end on one with a core idle
     resources:
         **dataset_resources("finetune", mem_mb=4000, runtime=120),
     shell:
