@@ -154,6 +154,17 @@ def read_probes(path: Path) -> pd.DataFrame:
 PROBE_C = 1.0  # inverse L2 strength of the probe; features are standardised, so one value serves every layer
 
 
+def probe_accuracy(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray) -> float:
+    """The linear probe's accuracy: features standardised with ``train``'s mean and spread, multinomial logistic
+    regression (L-BFGS to convergence, L2 with C = ``PROBE_C``) fit on ``train``, scored on ``test``."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, scale = train.mean(axis=0), train.std(axis=0)
+    scale[scale == 0] = 1.0
+    probe = LogisticRegression(C=PROBE_C, max_iter=5000).fit((train - mean) / scale, train_labels)
+    return float((probe.predict((test - mean) / scale) == test_labels).mean())
+
+
 def run_probes(store_dir: Path, settings: dict, out_dir: Path, threads: int = 1) -> pd.DataFrame:
     """A converged linear probe on every single layer, every fold/seed of ``settings``' evaluation and protocol;
     writes ``probe.csv`` (layer 1-based, fold, accuracy, n_train, n_test).
@@ -165,7 +176,6 @@ def run_probes(store_dir: Path, settings: dict, out_dir: Path, threads: int = 1)
     It selects nothing, so under ``clean`` it fits on everything but the test part (the training and the dev part,
     which exists to select epochs); under ``paper``, whose selection part is the test part, on the training part.
     """
-    from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
     from daamflow.data.features import load_store
@@ -180,13 +190,9 @@ def run_probes(store_dir: Path, settings: dict, out_dir: Path, threads: int = 1)
     for layer in range(store.num_layers):
         x = np.asarray(store.features[:, layer], dtype=np.float64)
         for name, fit_rows in fitted.items():
-            train, test = x[fit_rows], x[tests[name]]
-            mean, scale = train.mean(axis=0), train.std(axis=0)
-            scale[scale == 0] = 1.0
-            probe = LogisticRegression(C=PROBE_C, max_iter=5000)
             with threadpool_limits(threads):  # the job's share of the cores (BLAS would take them all)
-                probe.fit((train - mean) / scale, store.labels[fit_rows])
-            accuracy = float((probe.predict((test - mean) / scale) == store.labels[tests[name]]).mean())
+                accuracy = probe_accuracy(x[fit_rows], store.labels[fit_rows], x[tests[name]],
+                                          store.labels[tests[name]])
             rows.append({"layer": layer + 1, "fold": name, "accuracy": accuracy,
                          "n_train": len(fit_rows), "n_test": len(tests[name])})
     table = pd.DataFrame(rows)

@@ -1,7 +1,7 @@
 """Warm start: the workflow's jobs fork from one process that has already imported torch, transformers and peft.
 
-A job of the embedded default spends 2 s (a head) to 6 s (LoRA: transformers and peft) of CPU importing before it
-computes anything, a third of all the demo's job CPU (docs/architecture.md#9-timings). With ``warm_start: true``
+A job of the embedded default spends about 2 s (a head: `daamflow train --help` takes 2.2 s of CPU) to 6 s (LoRA,
+with transformers and peft: 6.2 s) importing before it computes anything (docs/architecture.md#9-timings). With ``warm_start: true``
 the Snakefile starts ``daamflow warm`` when a local run begins; each ``daamflow <stage>`` job then hands its argv,
 working directory, environment and standard streams over a Unix socket to that server, which forks a child that runs
 the same ``cli.main`` as a cold process would. The job's shell process waits for the child's exit status and exits
@@ -135,9 +135,9 @@ def _log(path: Path | None, message: str) -> None:
 def _decline_reason(request: dict, base_env: dict) -> str | None:
     if request["executable"] != sys.executable or request["path"] != sys.path[1:]:
         return f"another interpreter or sys.path ({request['executable']})"
-    differ = sorted(set(_job_env(request["env"]).items()) ^ set(base_env.items()))
+    differ = sorted({k for k, _ in set(_job_env(request["env"]).items()) ^ set(base_env.items())})
     if differ:
-        return "environment differs from the server's in " + ", ".join(sorted({k for k, _ in differ}))
+        return "environment differs from the server's in " + ", ".join(differ)
     return None
 
 
@@ -189,9 +189,9 @@ def _child(conn: socket.socket, base_env: dict, added_env: dict, log: Path | Non
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, daemon=True).start()
-    from daamflow import cli
-
     import logging
+
+    from daamflow import cli
 
     for handler in list(logging.root.handlers):  # the job configures its own logging, as a cold start does
         logging.root.removeHandler(handler)
@@ -268,7 +268,9 @@ class Server:
         import subprocess
         import tempfile
 
-        if not enabled or not local or self.process is not None:
+        # the `daamflow` the jobs run (same interpreter and sys.path, or the server declines them)
+        daamflow = shutil.which("daamflow")
+        if not enabled or not local or self.process is not None or daamflow is None:
             return
         folder = Path(tempfile.mkdtemp(prefix="daamflow-warm-"))  # short: a socket path has at most 107 bytes
         sock = folder / "socket"
@@ -277,10 +279,6 @@ class Server:
         env.pop(ENV_VAR, None)
         log = Path(log)
         log.parent.mkdir(parents=True, exist_ok=True)
-        # the `daamflow` the jobs run (same interpreter and sys.path, or the server declines them)
-        daamflow = shutil.which("daamflow", path=env.get("PATH"))
-        if daamflow is None:
-            return
         command = [daamflow, "warm", "--socket", str(sock), "--log", str(log), "--parent", str(os.getpid())]
         with open(log, "a") as stderr:
             self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

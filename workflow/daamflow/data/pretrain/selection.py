@@ -5,9 +5,8 @@ Pretraining reads only the training split, so they are disjoint from both the pr
 ``draws`` disjoint draws (one seed, the same images for every recipe), each of ``per_class_train`` +
 ``per_class_test`` images per class, the demo sample's sizes; labels serve this selection only.
 
-Per draw and block the probe is the demo's (``daamflow.analysis.layers.run_probes``): the embed step's image pooling
-(mean over all tokens of a block's output), features standardised on the fit part, multinomial logistic regression
-(C = ``PROBE_C``, ``max_iter`` 5000), accuracy on the scored part. The selection criterion is the best block's
+Per draw and block the probe is the demo's (``daamflow.analysis.layers.probe_accuracy``) on the embed step's image
+pooling (mean over all tokens of a block's output), fit on the fit part, scored on the other. The selection criterion is the best block's
 mean accuracy over the draws (docs/architecture.md §10).
 
     python -m daamflow.data.pretrain.selection ENCODER_DIR [ENCODER_DIR ...] --exclude-data results/data/fashion
@@ -78,9 +77,7 @@ def pooled_features(encoder_dir: Path, images: np.ndarray, batch_size: int = 256
 
 def validation_probe(encoder_dir: Path, exclude: list[Path], **draw_options) -> dict:
     """Accuracy of the demo's probe per block and draw on the validation images; ``best``: the best block's mean."""
-    from sklearn.linear_model import LogisticRegression
-
-    from daamflow.analysis.layers import PROBE_C
+    from daamflow.analysis.layers import probe_accuracy
 
     images, labels, splits = validation_draws(exclude, **draw_options)
     rows = np.unique(np.concatenate([np.concatenate(s) for s in splits]))
@@ -89,10 +86,7 @@ def validation_probe(encoder_dir: Path, exclude: list[Path], **draw_options) -> 
     for d, (fit, scored) in enumerate(splits):
         x_fit, x_scored = np.stack([features[i] for i in fit]), np.stack([features[i] for i in scored])
         for layer in range(acc.shape[1]):
-            mean, scale = x_fit[:, layer].mean(0), x_fit[:, layer].std(0)
-            scale[scale == 0] = 1.0
-            probe = LogisticRegression(C=PROBE_C, max_iter=5000).fit((x_fit[:, layer] - mean) / scale, labels[fit])
-            acc[d, layer] = (probe.predict((x_scored[:, layer] - mean) / scale) == labels[scored]).mean()
+            acc[d, layer] = probe_accuracy(x_fit[:, layer], labels[fit], x_scored[:, layer], labels[scored])
     by_layer = acc.mean(0)
     return {"encoder": str(encoder_dir), "by_layer": [round(float(a), 4) for a in by_layer],
             "best": round(float(by_layer.max()), 4), "best_layer": int(by_layer.argmax()) + 1,
