@@ -13,9 +13,10 @@ rule prepare:
         "../envs/daamflow.yaml"
     log:
         log_file("prepare", "{dataset}"),
-    threads: 2
-    # the feature roots first: otherwise the greedy scheduler finishes one dataset before preparing the next, and a
-    # 2-thread prepare waits for a 1-thread encoder pretraining while a core idles (docs/architecture.md#9-timings)
+    # one thread (espeak-ng's clips still synthesise 2-4 at a time, for ~3 s): a 2-thread job starts only when both
+    # cores are free, so the prosody prepare, and the WavLM pretraining behind it, waited for the whole fashion
+    # branch while one core idled; and the feature roots first, before any head (docs/architecture.md#9-timings)
+    threads: 1
     priority: 10
     resources:
         mem_mb=2000,

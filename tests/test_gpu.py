@@ -158,10 +158,10 @@ def stage(dev: torch.device):
 @pytest.fixture
 def amp_on_device(dev, monkeypatch):
     """``amp: auto`` as on a GPU: on a CUDA device nothing changes; in the CPU mode, ``use_amp`` answers as it does on
-    a GPU (True for ``amp: auto``), so fit and finetune autocast to bfloat16 on the CPU."""
+    a GPU with bfloat16 (True unless ``amp: off``), so fit and finetune autocast to bfloat16 on the CPU."""
     if dev.type == "cpu":
         def as_on_a_gpu(hp: dict, _dev: torch.device) -> bool:
-            return hp["amp"] == "auto"
+            return hp["amp"] != "off"
 
         monkeypatch.setattr(fit, "use_amp", as_on_a_gpu)
         monkeypatch.setattr(finetune, "use_amp", as_on_a_gpu)

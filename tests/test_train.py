@@ -109,6 +109,27 @@ def test_training_is_deterministic(store, tmp_path):
     assert a["accuracy"].tolist() == b["accuracy"].tolist()
 
 
+def test_amp_resolves_per_device_and_metrics_record_it(store, tmp_path, monkeypatch):
+    from daamflow.run import fit
+
+    cpu, hyper = torch.device("cpu"), _settings()["hyper"]
+    monkeypatch.setattr(fit, "native_bf16", lambda dev: True)
+    assert [fit.use_amp({**hyper, "amp": amp}, cpu) for amp in ("auto", "off", "bf16")] == [False, False, True]
+    monkeypatch.setattr(fit, "native_bf16", lambda dev: False)
+    assert not fit.use_amp({**hyper, "amp": "bf16"}, cpu)  # no hardware bfloat16: float32, not a slow emulation
+    monkeypatch.setattr(fit, "native_bf16", lambda dev: True)  # autocast itself runs on any CPU
+    runs = {}
+    for amp in ("off", "bf16"):
+        settings = _settings(method="linear", epochs=2)
+        settings["hyper"]["amp"] = amp
+        train_all(store, settings, tmp_path / amp)
+        runs[amp] = (json.loads((tmp_path / amp / "fold1/metrics.json").read_text()),
+                     pd.read_csv(tmp_path / amp / "fold1/history.csv")["train_loss"])
+    assert runs["off"][0]["autocast"] is None and runs["bf16"][0]["autocast"] == "bfloat16"
+    assert not np.array_equal(runs["off"][1], runs["bf16"][1])  # bfloat16 rounding reached the losses
+    np.testing.assert_allclose(runs["off"][1], runs["bf16"][1], rtol=0.05)
+
+
 def test_confusion_and_macro_f1_by_hand():
     from daamflow.run.metrics import confusion, macro_f1
 

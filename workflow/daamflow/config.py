@@ -31,7 +31,7 @@ PAPER_HYPER: dict[str, Any] = {
     "scheduler_patience": 10,
     "grad_clip": None,  # the released code clips scaled gradients at 1000, which never binds
     "dev_fraction": 0.2,
-    "amp": "auto",  # mixed precision on GPU only
+    "amp": "auto",  # bfloat16 autocast on a GPU only (schema: hyper.amp)
 }
 PAPER_HYPER_BY_MODALITY: dict[str, dict[str, Any]] = {
     "audio": {"batch_size": 8, "loss": "focal"},

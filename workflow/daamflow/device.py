@@ -17,6 +17,18 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def native_bf16(dev: torch.device) -> bool:
+    """Whether ``dev`` computes bfloat16 in hardware: a GPU of Ampere or newer, or a CPU with AVX-512 BF16 or AMX
+    (oneDNN's bfloat16 matmuls there run ~2.4x float32's; docs/architecture.md#9-timings). Elsewhere bfloat16 is
+    emulated, slower than float32."""
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if dev.type == "cpu":
+        probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return any(probe() for probe in probes if probe is not None)
+    return False
+
+
 def resolve_dtype(dev: torch.device, dtype: str = "auto") -> torch.dtype:
     """The dtype a frozen encoder computes in: ``auto`` is bfloat16 on a GPU (float16 where bfloat16 is unsupported)
     and float32 on a CPU."""

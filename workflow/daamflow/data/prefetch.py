@@ -40,7 +40,7 @@ def resident(features: np.ndarray) -> tuple[np.ndarray, int]:
     handing it over from a thread costs, and the second core stays with the other job); a large one memory-mapped,
     read ahead by ``DEPTH`` batches. The values are the same either way (float16 -> float32 is exact)."""
     if features.size * 4 <= RESIDENT_BYTES:
-        return torch.from_numpy(np.ascontiguousarray(features)).float().numpy(), 0
+        return np.ascontiguousarray(features, dtype=np.float32), 0
     return features, DEPTH
 
 

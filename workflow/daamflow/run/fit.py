@@ -38,6 +38,7 @@ from daamflow import __version__
 from daamflow.atomic import save_torch, write_csv
 from daamflow.catalog import SELECTION_PART
 from daamflow.data.folds import Split
+from daamflow.device import native_bf16
 from daamflow.run.identity import fold_identity, settings_hash
 from daamflow.run.metrics import confusion, loss_of, macro_f1
 
@@ -62,9 +63,12 @@ def versions() -> dict:
 
 
 def use_amp(hp: dict, dev: torch.device) -> bool:
-    """Mixed precision (bfloat16 autocast, a bfloat16 frozen encoder) only on a GPU, as the paper, and only one with
-    bfloat16 (Ampere or newer): torch refuses bfloat16 autocast on older GPUs, where training runs in float32."""
-    return hp["amp"] == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    """Mixed precision (bfloat16 autocast; on a GPU also a bfloat16 frozen encoder) where the device has bfloat16 in
+    hardware: ``auto`` on a GPU only, as the paper; ``bf16`` also on a CPU (the demo's LoRA jobs); ``off`` never.
+    Without hardware bfloat16 (GPUs before Ampere, CPUs without AVX-512 BF16/AMX) training runs in float32."""
+    if hp["amp"] == "off" or (hp["amp"] == "auto" and dev.type != "cuda"):
+        return False
+    return native_bf16(dev)
 
 
 def finished(fold_dir: Path, identity: str) -> dict | None:
@@ -293,7 +297,8 @@ def conclude(
     learner.load_weights(fitted.best["state"])
     save_torch(out_dir / "model.pt", fitted.best["state"])
     learner.model.eval()
-    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp(settings["hyper"], dev)):
+    amp = use_amp(settings["hyper"], dev)
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
         pred = learner.predict(split.test)
     truth = labels[split.test]
     matrix = confusion(truth, pred, num_classes)
@@ -316,6 +321,7 @@ def conclude(
         "inputs": inputs,
         "identity": fold_identity(settings, inputs),
         "device": str(dev),
+        "autocast": "bfloat16" if amp else None,  # what hyper.amp resolved to on this device
         "versions": versions(),
     }
 
