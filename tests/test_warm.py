@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from daamflow.cli.warm import ENV_VAR, THREAD_VARS
+from daamflow.cli.warm import ENV_VAR, FOLDER_PREFIX, THREAD_VARS
 
 ROOT = Path(__file__).resolve().parents[1]
 DAAMFLOW = str(Path(sys.executable).with_name("daamflow"))  # the console command, as the workflow's jobs run it
+
+
+SERVER_PS1 = "(.venv) $ "
 
 
 def wait_for(predicate, timeout=180.0, what="condition"):
@@ -38,8 +41,9 @@ def job_env(**extra):
 def server():
     folder = Path(tempfile.mkdtemp(prefix="dw-"))  # a socket path has at most 107 bytes: not under pytest's tmp
     sock, log = folder / "socket", folder / "server.log"
+    # PS1 as in a shell after `. .venv/bin/activate`, which exports it: the Snakemake process and so the server have it
     proc = subprocess.Popen([DAAMFLOW, "warm", "--socket", str(sock), "--log", str(log), "--parent", str(os.getpid())],
-                            env=job_env(), stderr=subprocess.PIPE, text=True)
+                            env=job_env(PS1=SERVER_PS1), stderr=subprocess.PIPE, text=True)
     wait_for(lambda: sock.exists() or proc.poll() is not None, what="the server's socket")
     assert proc.poll() is None, proc.stderr.read()
     yield sock, log
@@ -94,6 +98,18 @@ def test_a_job_whose_environment_differs_runs_cold_and_says_why(server, tmp_path
     assert len(served(log, "config c.yaml")) == before + 1
 
 
+def test_a_job_run_by_bash_as_snakemake_runs_it_is_served(server, tmp_path):
+    """Snakemake runs each job with `bash -c`, which unsets PS1 (bash does in a non-interactive shell): the job's
+    environment then lacks the PS1 the server has, and it is still served."""
+    sock, log = server
+    shutil.copy(ROOT / "config/config.yaml", tmp_path / "b.yaml")
+    env = {**job_env(PS1=SERVER_PS1), ENV_VAR: str(sock)}
+    proc = subprocess.run(["bash", "-c", f"{DAAMFLOW} config b.yaml"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith("b.yaml: valid") and "declined" not in proc.stderr
+    assert len(served(log, "config b.yaml")) == 1
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_killed_job_ends_its_forked_child(server, tmp_path, sig):
     """SIGTERM is forwarded to the child; after SIGKILL (nothing to forward) the child sees its job's process gone."""
@@ -121,12 +137,11 @@ def test_a_killed_job_ends_its_forked_child(server, tmp_path, sig):
 
 
 def test_the_server_stops_when_its_parent_is_gone(tmp_path):
-    folder = Path(tempfile.mkdtemp(prefix="dw-"))
-    sock, log = folder / "socket", folder / "server.log"
+    folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))  # as Server.start makes it, whose stop() never comes here
+    sock, log = folder / "socket", tmp_path / "server.log"
     # a parent that exits as soon as the server is up: the server is orphaned and must not outlive it
     script = (f'{DAAMFLOW} warm --socket {sock} --log {log} --parent $$ & '
               f'while [ ! -S {sock} ]; do sleep 0.2; done')
     subprocess.run(["bash", "-c", script], env=job_env(), timeout=300, check=True)
-    wait_for(lambda: not sock.exists(), timeout=30, what="the orphaned server to stop")
+    wait_for(lambda: not folder.exists(), timeout=30, what="the orphaned server to stop and remove its folder")
     assert log.read_text().rstrip().endswith("stopped after 0 jobs")
-    shutil.rmtree(folder)

@@ -16,6 +16,7 @@ without a job.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -31,14 +32,17 @@ ENV_VAR = "DAAMFLOW_WARM"  # the server's socket path, set in the Snakemake proc
 # Snakemake sets these for each job (its threads, its tmpdir resource); the child applies them itself.
 THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-# ... and the shell that runs each job sets the others
-PER_JOB_VARS = frozenset(THREAD_VARS + ("TMPDIR", "TMP", "TEMP", "TEMPDIR", ENV_VAR, "SHLVL", "_", "PWD", "OLDPWD"))
+# ... and the shell that runs each job sets the others, and unsets PS1 and PS2 (bash does in a non-interactive
+# shell; a venv's `activate` exports PS1, so a run started after it had every job declined)
+PER_JOB_VARS = frozenset(THREAD_VARS + ("TMPDIR", "TMP", "TEMP", "TEMPDIR", ENV_VAR, "SHLVL", "_", "PWD", "OLDPWD",
+                                        "PS1", "PS2"))
 # What the stages import before they compute; each import is what a cold job pays again.
 PRELOAD = ("torch", "numpy", "pandas", "scipy.stats", "sklearn.linear_model", "sklearn.preprocessing",
            "transformers", "peft", "matplotlib",
            "daamflow.run.train", "daamflow.run.finetune", "daamflow.analysis.layers", "daamflow.vqvae.cli",
            "daamflow.report.cli", "daamflow.cli.datacmds")
 IDLE_TIMEOUT_S = 3600
+FOLDER_PREFIX = "daamflow-warm-"  # the temporary folder ``Server`` makes for the socket
 
 
 def _job_env(env: dict) -> dict:
@@ -250,6 +254,9 @@ def serve(sock_path: Path, log: Path | None, parent: int | None, idle_timeout: f
     finally:
         server.close()
         sock_path.unlink(missing_ok=True)
+        if sock_path.parent.name.startswith(FOLDER_PREFIX):  # ours; also when no Server.stop comes (its run died)
+            with contextlib.suppress(OSError):
+                sock_path.parent.rmdir()
         _log(log, f"stopped after {jobs} jobs")
     return 0
 
@@ -272,7 +279,7 @@ class Server:
         daamflow = shutil.which("daamflow")
         if not enabled or not local or self.process is not None or daamflow is None:
             return
-        folder = Path(tempfile.mkdtemp(prefix="daamflow-warm-"))  # short: a socket path has at most 107 bytes
+        folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))  # short: a socket path has at most 107 bytes
         sock = folder / "socket"
         env = dict(os.environ)
         env.update({var: str(threads) for var in THREAD_VARS})
