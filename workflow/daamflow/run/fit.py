@@ -64,7 +64,7 @@ def versions() -> dict:
 
 def use_amp(hp: dict, dev: torch.device) -> bool:
     """Mixed precision (bfloat16 autocast; on a GPU also a bfloat16 frozen encoder) where the device has bfloat16 in
-    hardware: ``auto`` on a GPU only, as the paper; ``bf16`` also on a CPU (the demo's LoRA jobs); ``off`` never.
+    hardware: ``auto`` on a GPU only, as the paper; ``bf16`` also on a CPU (the demo's text LoRA jobs); ``off`` never.
     Without hardware bfloat16 (GPUs before Ampere, CPUs without AVX-512 BF16/AMX) training runs in float32."""
     if hp["amp"] == "off" or (hp["amp"] == "auto" and dev.type != "cuda"):
         return False
